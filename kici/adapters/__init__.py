@@ -1,0 +1,1 @@
+"""Adapters: one implementation per domain port (PostgreSQL, WebSocket, git, sandboxes, ...)."""

@@ -1,0 +1,1 @@
+"""Command-line entry points: ``kici`` for workflow authors, ``kici-admin`` for operators."""

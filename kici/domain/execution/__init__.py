@@ -1,0 +1,1 @@
+"""Execution core: state machine, status vocabularies, run outcome, needs gate."""

@@ -1,0 +1,1 @@
+"""The workflow-authoring API imported by ``.kici/workflows/*.py``."""

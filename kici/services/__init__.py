@@ -1,0 +1,1 @@
+"""Use cases and the composition root of each tier (platform, orchestrator, agent, runner)."""

@@ -1,0 +1,1 @@
+"""Test support shipped with kici: fakes of the ports and their conformance suites."""

@@ -45,7 +45,9 @@ def _feature_ids(item: pytest.Item) -> list[str]:
     return sorted(set(ids))
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     directory = spec_dir(REPO_ROOT)
     known = read_features(directory) if directory is not None else None
     mapping: dict[str, list[str]] = {}

@@ -17,9 +17,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def collect(map_file: Path) -> dict[str, list[str]]:
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         f"--feature-map={map_file}", "tests"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--feature-map={map_file}",
+            "tests",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode not in (0, 5):
         sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
@@ -35,7 +47,9 @@ def main() -> int:
 
     directory = spec_dir(ROOT)
     if directory is None:
-        raise SystemExit("features: spec not found (set KICI_SPEC_DIR or keep ../shared/spec beside the repo)")
+        raise SystemExit(
+            "features: spec not found (set KICI_SPEC_DIR or keep ../shared/spec beside the repo)"
+        )
     features = read_features(directory)
     with tempfile.TemporaryDirectory() as tmp:
         mapping = collect(Path(tmp) / "map.json")
@@ -53,11 +67,18 @@ def main() -> int:
         row["tests"] += len(tests_by_id.get(fid, []))
 
     if args.json:
-        print(json.dumps({
-            "features": {fid: {"tier": f.tier, "summary": f.summary, "tests": sorted(tests_by_id.get(fid, []))}
-                         for fid, f in features.items()},
-            "totals": totals,
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "features": {
+                        fid: {"tier": f.tier, "summary": f.summary, "tests": sorted(tests_by_id.get(fid, []))}
+                        for fid, f in features.items()
+                    },
+                    "totals": totals,
+                },
+                indent=1,
+            )
+        )
         return 0
 
     for fid, feature in features.items():

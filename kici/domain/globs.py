@@ -58,7 +58,7 @@ def glob_matches(pattern: str, value: str) -> bool:
 
 
 def glob_to_regex(pattern: str) -> str:
-    """One regular expression source equivalent to ``pattern`` (for the lock file's regex matchers)."""
+    """One regular expression source equivalent to ``pattern`` under ``re.search`` (lock regex matchers)."""
     if not pattern:
         raise InvalidGlobError(pattern, "empty pattern")
     try:
@@ -67,9 +67,8 @@ def glob_to_regex(pattern: str) -> str:
             re.compile(part)
     except (ValueError, re.error) as exc:
         raise InvalidGlobError(pattern, str(exc)) from exc
-    if len(parts) == 1:
-        return parts[0]
-    return "|".join(f"(?:{p})" for p in parts)
+    # Wrapped and closed with \Z: the translated ``$`` would also admit a trailing newline.
+    return "(?:" + "|".join(f"(?:{p})" for p in parts) + r")\Z"
 
 
 def split_negations(patterns: Sequence[str]) -> tuple[list[str], list[str]]:

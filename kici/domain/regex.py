@@ -17,7 +17,7 @@ _FLAG_BITS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
 _IGNORED_FLAGS = frozenset("guy")
 MAX_REPEATS = 25
 
-_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT, getattr(_sre, "POSSESSIVE_REPEAT", _sre.MAX_REPEAT))
+_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT)
 
 
 class UnsafeRegexError(ValueError):
@@ -52,6 +52,8 @@ def _walk(items: Any, depth: int, counter: list[int]) -> int:
             deepest = max(deepest, _walk(sub, depth + (1 if unbounded else 0), counter))
         elif op is _sre.SUBPATTERN:
             deepest = max(deepest, _walk(arg[-1], depth, counter))
+        elif op is _sre.ATOMIC_GROUP:
+            deepest = max(deepest, _walk(arg, depth, counter))
         elif op is _sre.BRANCH:
             for branch in arg[1]:
                 deepest = max(deepest, _walk(branch, depth, counter))

@@ -1,0 +1,579 @@
+"""The ``kici run local`` engine: matched workflows → needs graph → one sandboxed runner per job (CLI-08).
+
+Per matched workflow (one after the other, so their logs do not interleave), the jobs go through
+the pure needs scheduler of :mod:`kici.domain.execution.needs` (EXE-16): roots start at once,
+a finished job's status decides its dependents (``runOn`` gating, skip cascade), at most
+``concurrency`` jobs are in flight. Each job gets its own isolated checkout
+(:mod:`kici.services.local.checkout`) and its own runner process through a :class:`JobExecutor`.
+
+Failure policy (00 §3.3): without ``--keep-going`` no new job starts after the first failure.
+The failed job's dependents are ``skipped`` as the needs gate decides (their upstream failed);
+every other job that has not started is reported ``cancelled``, all of them at once, so their
+own dependents are cancelled too rather than skipped, as in a run cancel (P-CAN4). Ctrl-C
+(EXE-14): the first one cancels gracefully — unstarted jobs are cancelled, a job whose runner
+has not started yet is cancelled without starting it (10 §6), and every running runner gets
+``abort{force: false}``, so cancel and cleanup hooks run — and the second one forces
+(``abort{force: true}``, the runner's process group is killed, hooks die). The run then reports
+``interrupted`` (exit 130).
+
+Checkouts of successful jobs are deleted when the job ends; failed, cancelled and ``--keep`` ones
+are kept and their path is reported. The run directory itself is removed when nothing in it is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from kici.domain.event_args import InputError, coerce_inputs
+from kici.domain.events import SimulatedEvent, WorkflowDecision
+from kici.domain.execution.needs import (
+    SchedulerOutcome,
+    SchedulerState,
+    apply_terminal,
+    apply_terminals,
+    fail_group_eval,
+    insert_edges_for_run,
+)
+from kici.domain.execution.run_status import compute_run_status
+from kici.domain.execution.states import CheckMode, JobStatus, RunStatus
+from kici.domain.lockfile import (
+    DispatchTrigger,
+    FrozenDict,
+    InputDescriptor,
+    LockFile,
+    LockWorkflow,
+    ScheduleTrigger,
+)
+from kici.domain.runner_ipc import ExecuteRequest, JobComplete, StepComplete, StepStart, event_to_json
+from kici.domain.triggers import match_lock
+from kici.sdk.masking import Masker
+from kici.services.local.checkout import CheckoutError, Overlay, create_checkout, slug
+from kici.services.local.plan import (
+    GENERATOR_UNSUPPORTED,
+    PlannedJob,
+    UnknownJobError,
+    WorkflowPlan,
+    plan_workflow,
+)
+from kici.services.local.results import (
+    JobReport,
+    JobState,
+    RunObserver,
+    RunReport,
+    StepReport,
+    WorkflowReport,
+    WorkflowState,
+)
+
+FAILED_TO_START_REASON = "not started: an earlier job failed (use --keep-going to run independent jobs)"
+INTERRUPTED_REASON = "not started: the run was interrupted (Ctrl-C)"
+
+
+class LocalRunError(RuntimeError):
+    """The run cannot start (bad ``--input``, unknown ``--job``); nothing has run yet (exit 1)."""
+
+
+class JobControl:
+    """The engine's handle on one running job: the executor registers how to abort it."""
+
+    def __init__(self) -> None:
+        self._abort: Callable[[bool], Awaitable[None]] | None = None
+        self.requested: bool | None = None
+
+    def on_abort(self, abort: Callable[[bool], Awaitable[None]]) -> None:
+        self._abort = abort
+
+    async def abort(self, force: bool) -> None:
+        self.requested = force if self.requested is None else (self.requested or force)
+        if self._abort is not None:
+            await self._abort(force)
+
+
+class JobEvents(Protocol):
+    """What an executor reports while a job runs (all masked by the engine before display)."""
+
+    def step_started(self, message: StepStart) -> None: ...
+
+    def log_line(self, step_index: int, line: str) -> None: ...
+
+    def step_finished(self, message: StepComplete) -> None: ...
+
+
+class JobExecutor(Protocol):
+    """Runs one job in a runner process over ``workspace``.
+
+    Returns the runner's ``job.complete``, or one synthesized for a runner that crashed or never
+    started (``failed``, or ``cancelled`` when an abort was under way).
+    """
+
+    async def execute(
+        self, request: ExecuteRequest, workspace: Path, events: JobEvents, control: JobControl
+    ) -> JobComplete: ...
+
+
+@attrs.frozen(kw_only=True)
+class LocalRunOptions:
+    repo_root: Path
+    kici_dir: Path
+    run_root: Path
+    sha: str | None
+    overlay: Overlay
+    concurrency: int = 1
+    keep_going: bool = False
+    keep: bool = False
+    secrets: Mapping[str, str] = attrs.field(factory=dict)
+    default_step_timeout_ms: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PreparedWorkflow:
+    plan: WorkflowPlan
+    decision: WorkflowDecision
+    dispatch_inputs: Mapping[str, Any]
+
+
+def _descriptors(workflow: LockWorkflow, decision: WorkflowDecision) -> Mapping[str, InputDescriptor] | None:
+    if decision.matched_trigger is None:
+        return None
+    trigger = workflow.triggers[decision.matched_trigger]
+    if isinstance(trigger, DispatchTrigger | ScheduleTrigger):
+        return trigger.inputs
+    return None
+
+
+def prepare_run(
+    lock: LockFile,
+    event: SimulatedEvent,
+    *,
+    workflow_filter: str | None,
+    job_filter: str | None,
+    raw_inputs: Mapping[str, str],
+) -> tuple[list[PreparedWorkflow], list[WorkflowDecision]]:
+    """Match, filter, validate inputs and plan every workflow before any job runs.
+
+    Returns the prepared workflows and every decision (for the skip report). Raises
+    :class:`LocalRunError` on an ``--input`` problem, or when no matched workflow has the
+    ``--job``: both must fail before the first job starts. ``--job`` narrows each workflow that
+    has such a job and drops the others.
+    """
+    match = match_lock(lock, event)
+    prepared: list[PreparedWorkflow] = []
+    problems: list[str] = []
+    missing_job: list[str] = []
+    for workflow, decision in zip(lock.workflows, match.decisions, strict=True):
+        if not decision.matched or (workflow_filter is not None and workflow.name != workflow_filter):
+            continue
+        try:
+            plan = plan_workflow(workflow, job_filter)
+        except UnknownJobError as exc:
+            missing_job.append(str(exc))
+            continue
+        try:
+            inputs = coerce_inputs(raw_inputs, _descriptors(workflow, decision))
+        except InputError as exc:
+            problems.extend(f'workflow "{workflow.name}": {p}' for p in exc.problems)
+            continue
+        prepared.append(PreparedWorkflow(plan=plan, decision=decision, dispatch_inputs=inputs))
+    if missing_job and not prepared and not problems:
+        problems.extend(missing_job)
+    if problems:
+        raise LocalRunError("\n".join(problems))
+    return prepared, list(match.decisions)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _cli_status(status: JobStatus) -> JobState:
+    if status is JobStatus.SUCCESS:
+        return "success"
+    if status is JobStatus.SKIPPED:
+        return "skipped"
+    if status is JobStatus.CANCELLED:
+        return "cancelled"
+    return "failure"
+
+
+class _Events:
+    """Collects one job's step events and forwards them, masked, to the observer."""
+
+    def __init__(self, workflow: str, job: str, observer: RunObserver, masker: Masker) -> None:
+        self.workflow, self.job = workflow, job
+        self.observer, self.masker = observer, masker
+        self.names: dict[int, tuple[str, str]] = {}
+        self.started: list[tuple[int, str]] = []
+        self.steps: dict[tuple[int, str], StepReport] = {}
+
+    def step_started(self, message: StepStart) -> None:
+        step_type = message.step_type or "step"
+        self.names[message.step_index] = (message.step_name, step_type)
+        if (message.step_index, step_type) not in self.started:
+            self.started.append((message.step_index, step_type))
+        if message.state != "pending":
+            self.observer.step_started(self.workflow, self.job, message.step_name, step_type)
+
+    def log_line(self, step_index: int, line: str) -> None:
+        self.observer.log_line(self.workflow, self.job, self.masker.mask(line))
+
+    def step_finished(self, message: StepComplete) -> None:
+        name, step_type = self.names.get(message.step_index, (f"step-{message.step_index + 1}", "step"))
+        step_type = message.step_type or step_type
+        outcome = message.data.get("checkOutcome") if message.data else None
+        report = StepReport(
+            name=name,
+            status=message.status,
+            duration_ms=message.duration_ms,
+            error=self.masker.mask(message.error.message) if message.error is not None else None,
+            outcome=outcome if isinstance(outcome, str) else None,
+            step_type=step_type,
+        )
+        self.steps[(message.step_index, step_type)] = report
+        self.observer.step_finished(self.workflow, self.job, report)
+
+    def reports(self, complete: JobComplete) -> tuple[StepReport, ...]:
+        keys = [k for k in self.started if k in self.steps] + [k for k in self.steps if k not in self.started]
+        ordered = [self.steps[key] for key in keys]
+        seen = {r.name for r in ordered if r.step_type == "step"}
+        ordered += [
+            StepReport(
+                name=result.name,
+                status=result.status,
+                duration_ms=result.duration_ms,
+                error=self.masker.mask(result.error) if result.error else None,
+            )
+            for result in complete.step_results
+            if result.name not in seen
+        ]
+        return tuple(ordered)
+
+
+_JOB_STATES: Mapping[str, JobState] = {"success": "success", "failed": "failure", "cancelled": "cancelled"}
+_WORKFLOW_STATES: Mapping[RunStatus, WorkflowState] = {
+    RunStatus.SUCCESS: "success",
+    RunStatus.CANCELLED: "cancelled",
+}
+
+
+def _rules_skipped(complete: JobComplete) -> str | None:
+    """A rule-skipped job (the runner reports ``success`` with every step skipped): the failed rule."""
+    failed = [r for r in complete.rule_results or () if not r.passed]
+    if complete.status != "success" or not failed:
+        return None
+    rule = failed[0]
+    return f"rule '{rule.label}' did not pass" + (f": {rule.error}" if rule.error else "")
+
+
+class LocalRun:
+    """One ``kici run local`` invocation; see the module docstring."""
+
+    def __init__(
+        self,
+        options: LocalRunOptions,
+        event: SimulatedEvent,
+        observer: RunObserver,
+        executor: JobExecutor,
+    ) -> None:
+        self.options = options
+        self.event = event
+        self.observer = observer
+        self.executor = executor
+        self.masker = Masker(options.secrets.values())
+        self.interrupts = 0
+        self.controls: dict[tuple[str, str], JobControl] = {}
+        self.wakeups: trio.MemorySendChannel[_Message] | None = None
+        self.kept: list[Path] = []
+
+    # -- Ctrl-C
+
+    async def _watch_signals(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            task_status.started()
+            async for _ in signals:
+                await self.interrupt()
+
+    async def interrupt(self) -> None:
+        """A Ctrl-C: the first cancels gracefully, any later one forces."""
+        self.interrupts += 1
+        force = self.interrupts > 1
+        if force:
+            self.observer.notice("Force-cancelling: killing the runners (hooks will not run).")
+        else:
+            self.observer.notice("Cancelling: cancel and cleanup hooks run; press Ctrl-C again to force.")
+        if self.wakeups is not None:
+            self.wakeups.send_nowait(_Wake())
+        for control in list(self.controls.values()):
+            await control.abort(force)
+
+    # -- the run
+
+    async def run(self, workflows: list[PreparedWorkflow], *, handle_signals: bool = True) -> RunReport:
+        reports: list[WorkflowReport] = []
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                await nursery.start(self._watch_signals)
+            for prepared in workflows:
+                reports.append(await self._run_workflow(prepared))
+            nursery.cancel_scope.cancel()
+        if not self.kept:
+            await trio.to_thread.run_sync(shutil.rmtree, self.options.run_root, True)
+        return RunReport(workflows=tuple(reports), interrupted=self.interrupts > 0)
+
+    async def _run_workflow(self, prepared: PreparedWorkflow) -> WorkflowReport:
+        plan = prepared.plan
+        name = plan.workflow.name
+        started = trio.current_time()
+        names = [job.name for job in plan.jobs]
+        self.observer.workflow_started(name, names)
+        scheduler = _Scheduler(plan, self)
+        if self.interrupts:
+            scheduler.cancel_unstarted(INTERRUPTED_REASON)
+        else:
+            await scheduler.drive(prepared)
+        statuses = scheduler.statuses()
+        run_status, reason = compute_run_status(statuses, CheckMode.APPLY, False)
+        report = WorkflowReport(
+            name=name,
+            status=_WORKFLOW_STATES.get(run_status, "failure"),
+            duration_ms=_ms(trio.current_time() - started),
+            jobs=tuple(scheduler.reports[n] for n in scheduler.order if n in scheduler.reports),
+            reason=reason,
+        )
+        self.observer.workflow_finished(report)
+        return report
+
+    # -- one job
+
+    def _request(
+        self, prepared: PreparedWorkflow, job: PlannedJob, scheduler: _Scheduler, workspace: str
+    ) -> ExecuteRequest:
+        workflow = prepared.plan.workflow
+        upstreams = [edge.upstream for edge in scheduler.state.edges_of(job.name)]
+        lock_job = job.job
+        env = dict(lock_job.env) if isinstance(lock_job.env, FrozenDict) else {}
+        try:
+            kici_dir = self.options.kici_dir.relative_to(self.options.repo_root).as_posix()
+        except ValueError:
+            kici_dir = ".kici"
+        return ExecuteRequest(
+            workflow_file=workflow.source.file,
+            workflow_export=workflow.source.export,
+            workflow_name=workflow.name,
+            job_name=job.base,
+            job_display_name=job.name,
+            workspace=workspace,
+            kici_dir=kici_dir,
+            content_hash=workflow.content_hash,
+            resolved_hash_files=workflow.resolved_hash_files,
+            matrix=job.matrix,
+            event=event_to_json(self.event),
+            secrets=dict(self.options.secrets),
+            env={str(k): str(v) for k, v in env.items()},
+            upstream_job_outputs={u: scheduler.outputs[u] for u in upstreams if u in scheduler.outputs},
+            upstream_job_statuses={
+                u: str(s) for u in upstreams if (s := scheduler.state.jobs[u].status) is not None
+            },
+            dispatch_inputs=dict(prepared.dispatch_inputs),
+            grace_period_s=lock_job.grace_period,
+            job_timeout_ms=lock_job.timeout,
+            default_step_timeout_ms=self.options.default_step_timeout_ms,
+            fanout_index=job.fanout_index,
+            fanout_total=job.fanout_total,
+            provider="local",
+            is_test_run=False,
+        )
+
+    async def run_job(
+        self, prepared: PreparedWorkflow, job: PlannedJob, scheduler: _Scheduler
+    ) -> tuple[JobReport, Mapping[str, Any] | None]:
+        workflow = prepared.plan.workflow.name
+        started = trio.current_time()
+        if job.unsupported is not None:
+            report = JobReport(
+                name=job.name, status="failure", error=job.unsupported, matrix_values=job.matrix
+            )
+            return report, None
+        checkout = self.options.run_root / slug(workflow) / slug(job.name)
+        try:
+            checkout.parent.mkdir(parents=True, exist_ok=True)
+            await trio.to_thread.run_sync(
+                create_checkout, self.options.repo_root, checkout, self.options.sha, self.options.overlay
+            )
+        except (CheckoutError, OSError) as exc:
+            return JobReport(name=job.name, status="failure", error=str(exc), matrix_values=job.matrix), None
+        if self.interrupts:
+            await trio.to_thread.run_sync(shutil.rmtree, checkout, True)
+            return JobReport(
+                name=job.name, status="cancelled", reason=INTERRUPTED_REASON, matrix_values=job.matrix
+            ), None
+        self.observer.job_started(workflow, job.name, str(checkout))
+        events = _Events(workflow, job.name, self.observer, self.masker)
+        control = JobControl()
+        key = (workflow, job.name)
+        self.controls[key] = control
+        try:
+            complete = await self.executor.execute(
+                self._request(prepared, job, scheduler, str(checkout)), checkout, events, control
+            )
+        finally:
+            del self.controls[key]
+        duration = _ms(trio.current_time() - started)
+        status: JobState = _JOB_STATES[complete.status]
+        error = self.masker.mask(complete.error) if complete.error else None
+        reason = _rules_skipped(complete)
+        if reason is not None:
+            status = "skipped"
+        keep = self.options.keep or status in ("failure", "cancelled")
+        if keep:
+            self.kept.append(checkout)
+        else:
+            await trio.to_thread.run_sync(shutil.rmtree, checkout, True)
+        report = JobReport(
+            name=job.name,
+            status=status,
+            duration_ms=duration,
+            steps=events.reports(complete),
+            matrix_values=job.matrix,
+            error=error,
+            reason=reason,
+            checkout_dir=str(checkout) if keep else None,
+        )
+        return report, complete.outputs
+
+
+@attrs.frozen
+class _Finished:
+    name: str
+    report: JobReport
+    outputs: Mapping[str, Any] | None
+
+
+@attrs.frozen
+class _Wake:
+    """Sent on Ctrl-C so the scheduler loop cancels unstarted jobs at once."""
+
+
+_Message = _Finished | _Wake
+
+
+class _Scheduler:
+    """The needs gate driven for one workflow: what may start, what finished, what was cancelled."""
+
+    def __init__(self, plan: WorkflowPlan, run: LocalRun) -> None:
+        self.plan = plan
+        self.run = run
+        self.jobs = plan.by_name
+        self.order: list[str] = [job.name for job in plan.jobs]
+        self.reports: dict[str, JobReport] = {}
+        self.outputs: dict[str, Mapping[str, Any]] = {}
+        self.ready: deque[str] = deque()
+        self.running: set[str] = set()
+        self.stopped: str | None = None
+        state, outcome = insert_edges_for_run(plan.specs)
+        self.state: SchedulerState = state
+        self._absorb(outcome)
+        for generator in plan.generators:
+            self.state, outcome = fail_group_eval(
+                self.state, generator.index, generator.group, GENERATOR_UNSUPPORTED
+            )
+            self._absorb(outcome)
+
+    def _absorb(self, outcome: SchedulerOutcome) -> None:
+        for name in outcome.dispatched:
+            if self.stopped is None:
+                self.ready.append(name)
+        for skipped in outcome.skipped:
+            self._record(
+                JobReport(
+                    name=skipped.name,
+                    status="skipped",
+                    reason=skipped.reason,
+                    matrix_values=self._matrix(skipped.name),
+                )
+            )
+        for failed in outcome.failed:
+            if failed.name not in self.jobs:
+                self.order.append(failed.name)
+            self._record(JobReport(name=failed.name, status="failure", error=failed.reason))
+
+    def _matrix(self, name: str) -> Mapping[str, Any] | None:
+        job = self.jobs.get(name)
+        return job.matrix if job is not None else None
+
+    def _record(self, report: JobReport) -> None:
+        if report.name not in self.reports:
+            self.reports[report.name] = report
+            self.run.observer.job_finished(self.plan.workflow.name, report)
+
+    def statuses(self) -> dict[str, JobStatus]:
+        found = {name: node.status for name, node in self.state.jobs.items()}
+        return {name: status if status is not None else JobStatus.CANCELLED for name, status in found.items()}
+
+    def cancel_unstarted(self, reason: str) -> None:
+        """Cancel every job that is neither finished nor running, all at once (P-CAN4)."""
+        if self.stopped is None:
+            self.stopped = reason
+        self.ready.clear()
+        pending = {
+            name: JobStatus.CANCELLED
+            for name, node in self.state.jobs.items()
+            if node.status is None and name not in self.running
+        }
+        if not pending:
+            return
+        self.state, outcome = apply_terminals(self.state, pending)
+        for name in pending:
+            self._record(
+                JobReport(name=name, status="cancelled", reason=reason, matrix_values=self._matrix(name))
+            )
+        self._absorb(outcome)
+
+    async def drive(self, prepared: PreparedWorkflow) -> None:
+        limit = max(1, self.run.options.concurrency)
+        send, receive = trio.open_memory_channel[_Message](math.inf)
+        self.run.wakeups = send
+
+        async def one(name: str) -> None:
+            report, outputs = await self.run.run_job(prepared, self.jobs[name], self)
+            send.send_nowait(_Finished(name, report, outputs))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    if self.run.interrupts and self.stopped is None:
+                        self.cancel_unstarted(INTERRUPTED_REASON)
+                    while self.ready and len(self.running) < limit and self.stopped is None:
+                        name = self.ready.popleft()
+                        self.running.add(name)
+                        nursery.start_soon(one, name)
+                    if not self.running:
+                        break
+                    message = await receive.receive()
+                    if isinstance(message, _Finished):
+                        self._finish(message.name, message.report, message.outputs)
+        finally:
+            self.run.wakeups = None
+
+    def _finish(self, name: str, report: JobReport, outputs: Mapping[str, Any] | None) -> None:
+        self.running.discard(name)
+        if outputs is not None:
+            self.outputs[name] = outputs
+        self._record(report)
+        status = {
+            "success": JobStatus.SUCCESS,
+            "skipped": JobStatus.SUCCESS,
+            "cancelled": JobStatus.CANCELLED,
+        }.get(report.status, JobStatus.FAILED)
+        self.state, outcome = apply_terminal(self.state, name, status)
+        self._absorb(outcome)
+        if report.status == "failure" and not self.run.options.keep_going:
+            self.cancel_unstarted(FAILED_TO_START_REASON)

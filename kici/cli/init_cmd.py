@@ -18,8 +18,10 @@ import click
 
 from kici import __version__
 from kici.cli import templates
+from kici.cli.hook_cmd import install_and_report
 from kici.cli.output import Printer, banner
 from kici.domain.event_args import DEFAULT_TARGET_BRANCH
+from kici.services.compiler.api import find_repo_root
 from kici.services.local.git import read_working_tree
 
 
@@ -83,9 +85,10 @@ Examples:
     help="Workflow template to add (repeatable; default: all, or ask on a terminal).",
 )
 @click.option("--no-agents-md", is_flag=True, help="Do not write .kici/AGENTS.md.")
+@click.option("--hook", is_flag=True, help="Also install the pre-commit hook (see `kici hook install`).")
 @click.option("--skip-install", is_flag=True, hidden=True, help="Accepted for compatibility; does nothing.")
 def init_command(
-    force: bool, template_names: tuple[str, ...], no_agents_md: bool, skip_install: bool
+    force: bool, template_names: tuple[str, ...], no_agents_md: bool, hook: bool, skip_install: bool
 ) -> None:
     """Create .kici/ with example workflows in the current directory.
 
@@ -125,4 +128,6 @@ def init_command(
     if added:
         out.line(f"  updated .gitignore (+{len(added)} entries)")
     out.ok("Initialized .kici/")
+    if hook:
+        install_and_report(find_repo_root(root), raw_git=False)
     out.line("Next: kici compile && kici preview push && kici run local push")

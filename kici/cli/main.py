@@ -18,6 +18,7 @@ import click
 
 from kici import __version__
 from kici.cli.compile_cmd import compile_command, validate_command
+from kici.cli.hook_cmd import hook_group
 from kici.cli.init_cmd import init_command
 from kici.cli.output import error
 from kici.cli.preview_cmd import preview_command
@@ -68,6 +69,7 @@ cli.add_command(compile_command)
 cli.add_command(validate_command)
 cli.add_command(preview_command)
 cli.add_command(run_group)
+cli.add_command(hook_group)
 cli.add_command(test_command)
 
 

@@ -4,6 +4,12 @@ The command only gathers input (event, options, secrets, working-tree state), pi
 and renders output; the run itself is :mod:`kici.services.local.engine`. The workflows are
 compiled in memory from the working tree, so an uncommitted edit runs without ``kici compile``
 first, exactly like the overlay puts the edit into every job's checkout.
+
+``--check`` runs the jobs in the runner's check mode (CLI-09, EXE-09): checked steps run only their
+``check`` and report ``in sync`` or ``would change``, plain steps are skipped (``no check``), and
+nothing is applied. ``--fail-on-drift`` turns drift into exit 2, so a scheduled CI job can tell
+"drifted" (2) from "broken" (1); without ``--check`` it is a usage error, as it would otherwise
+apply changes while promising only to look.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ from kici.domain.event_args import (
     parse_event_arg,
     simulate_event,
 )
+from kici.domain.runner_ipc import RunMode
 from kici.services.local.checkout import collect_old_runs, list_overlay, new_run_root, run_base_dir
 from kici.services.local.engine import LocalRun, LocalRunError, LocalRunOptions, prepare_run
 from kici.services.local.executor import RunnerExecutor, SandboxChoiceError, choose_sandbox
 from kici.services.local.git import GitError, is_git_repo, read_working_tree
 from kici.services.local.results import RunReport
-from kici.services.local.secrets import load_local_secrets
+from kici.services.local.secrets import LocalSecretsError, load_local_secrets
 
 RUN_EPILOG = """\b
 Examples:
@@ -42,11 +49,13 @@ Examples:
   kici run local push --job test           only `test` and the jobs it needs
   kici run local push --json > run.json    one JSON document on stdout
   kici run local push --sandbox none       without bubblewrap (no isolation!)
+  kici run local push --check              what check steps would change; nothing applied
 
 \b
-Secrets: .kici/.secrets, then .kici/.env.local, then --env K=V (later wins); steps read
-them with ctx.secrets and they are masked as *** in all output.
-Exit codes: 0 all jobs passed, 1 a job failed, 2 usage error, 130 interrupted (Ctrl-C).
+Secrets: .kici/.secrets, then .kici/.env.local, then .kici/secrets.yaml (env: {K: V}), then
+--env K=V (later wins); steps read them with ctx.secrets and they are masked as *** in all output.
+Exit codes: 0 all jobs passed, 1 a job failed, 2 usage error or drift under --check
+--fail-on-drift, 130 interrupted (Ctrl-C).
 """
 
 
@@ -86,6 +95,16 @@ def _fail(message: str, *, json_mode: bool) -> NoReturn:
     click.get_current_context().exit(1)
 
 
+def _print_check_verdict(report: RunReport) -> None:
+    drifted = report.drifted_steps()
+    out = Printer()
+    if drifted:
+        steps = "step" if drifted == 1 else "steps"
+        out.line(f"Check mode: {drifted} {steps} would change (nothing was applied).", "yellow")
+    else:
+        out.line("Check mode: everything is in sync.", "green")
+
+
 @run_group.command("local", epilog=RUN_EPILOG)
 @click.argument("event", required=False)
 @click.option("--workflow", "workflow_name", metavar="NAME", help="Only this workflow.")
@@ -115,6 +134,13 @@ def _fail(message: str, *, json_mode: bool) -> NoReturn:
 @click.option("--json", "json_mode", is_flag=True, help="Print exactly one JSON document on stdout.")
 @click.option("--keep", is_flag=True, help="Keep every job's checkout directory.")
 @click.option(
+    "--check",
+    "check_mode",
+    is_flag=True,
+    help="Check mode: checked steps only report `in sync` / `would change`; plain steps are skipped.",
+)
+@click.option("--fail-on-drift", is_flag=True, help="With --check: exit 2 when any step would change.")
+@click.option(
     "--sandbox",
     type=click.Choice(["bwrap", "none"]),
     default=None,
@@ -137,6 +163,8 @@ def run_local_command(
     quiet: bool,
     json_mode: bool,
     keep: bool,
+    check_mode: bool,
+    fail_on_drift: bool,
     sandbox: str | None,
     kici_dir: Path | None,
 ) -> None:
@@ -147,6 +175,11 @@ def run_local_command(
     stream as `[job] line` and a summary tree ends the run.
     """
     ctx = click.get_current_context()
+    if fail_on_drift and not check_mode:
+        raise click.UsageError("--fail-on-drift needs --check")
+    run_mode: RunMode = "apply"
+    if check_mode:
+        run_mode = "check-fail-on-drift" if fail_on_drift else "check"
     if event is None:
         raise click.UsageError(f"missing EVENT argument\n\nEvent arguments:\n{event_arg_usage()}")
     try:
@@ -169,6 +202,10 @@ def run_local_command(
         project = find_project(kici_dir)
     except ProjectNotFoundError as exc:
         _fail(exc.message, json_mode=json_mode)
+    try:
+        secrets = load_local_secrets(project.kici_dir, secrets_override)
+    except LocalSecretsError as exc:
+        _fail(f"Error: {exc.format(project.relative(exc.path))}", json_mode=json_mode)
     if not is_git_repo(project.repo_root):
         _fail(
             f"Error: {project.repo_root} is not a git repository. `kici run local` clones HEAD into an "
@@ -220,7 +257,8 @@ def run_local_command(
         concurrency=concurrency,
         keep_going=keep_going,
         keep=keep,
-        secrets=load_local_secrets(project.kici_dir, secrets_override),
+        secrets=secrets,
+        run_mode=run_mode,
     )
     reporter = make_reporter(quiet=quiet, json_mode=json_mode)
     reporter.multi_workflow = len(prepared) > 1
@@ -239,5 +277,7 @@ def run_local_command(
         _emit_json(report)
     else:
         print_summary(report, quiet=quiet)
+        if run_mode != "apply":
+            _print_check_verdict(report)
     sys.stdout.flush()
     ctx.exit(report.exit_code)

@@ -96,6 +96,8 @@ class StepComplete:
     data: Mapping[str, Any] | None = None
     group_id: str | None = None
     concurrency_kind: str | None = None
+    check_outcome: str | None = None
+    drift_summary: str | None = None
 
 
 @attrs.frozen(kw_only=True)

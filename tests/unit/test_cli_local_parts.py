@@ -3,20 +3,29 @@ and the isolated checkout, the job plan, and the report's JSON shape."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kici.adapters.sandbox.bwrap import BwrapSandbox
+from kici.cli.main import cli
 from kici.cli.output import format_duration, summary_lines, wants_color
+from kici.domain.event_args import EventOptions, simulate_event
+from kici.domain.execution.run_status import DRIFT_FAILURE_REASON
 from kici.domain.lockfile import (
     ExactLabelMatcher,
     LockDynamicMatrix,
+    LockFile,
     LockJob,
     LockMatrixSource,
+    LockParallelStep,
     LockSource,
     LockStaticMatrix,
     LockStep,
@@ -24,20 +33,36 @@ from kici.domain.lockfile import (
     PushTrigger,
     freeze_json,
 )
+from kici.domain.runner_ipc import ExecuteRequest, JobComplete, StepComplete, StepResult, StepStart
 from kici.services.local import executor
 from kici.services.local.checkout import (
     KiciIgnore,
+    Overlay,
     collect_old_runs,
     create_checkout,
     list_overlay,
     new_run_root,
     slug,
 )
+from kici.services.local.engine import (
+    JobControl,
+    JobEvents,
+    LocalRun,
+    LocalRunOptions,
+    prepare_run,
+    step_names,
+)
 from kici.services.local.executor import RunnerExecutor, SandboxChoiceError, choose_sandbox
 from kici.services.local.git import read_working_tree
 from kici.services.local.plan import DYNAMIC_MATRIX_UNSUPPORTED, UnknownJobError, plan_workflow
 from kici.services.local.results import JobReport, RunReport, StepReport, WorkflowReport
-from kici.services.local.secrets import load_local_secrets, parse_dotenv, parse_secrets_ini
+from kici.services.local.secrets import (
+    LocalSecretsError,
+    load_local_secrets,
+    parse_dotenv,
+    parse_secrets_ini,
+    parse_secrets_yaml,
+)
 
 pytestmark = pytest.mark.feature("CLI-08")
 
@@ -298,3 +323,341 @@ def test_runner_environment_is_allowlisted(tmp_path: Path) -> None:
     bwrap_env = RunnerExecutor(BwrapSandbox("bwrap"), tmp_path, host_env=host).environment()
     assert bwrap_env["HOME"] == "/tmp"
     assert "AWS_SECRET_ACCESS_KEY" not in bwrap_env
+
+
+# --- .kici/secrets.yaml (CLI-11) --------------------------------------------------------------------
+
+SECRETS_YAML = Path(".kici/secrets.yaml")
+# Characters YAML accepts inside a double-quoted scalar, raw or as JSON's escapes of C0 controls.
+YAML_TEXT = st.characters(
+    exclude_categories=("Cs", "Co", "Cn"),
+    exclude_characters=[chr(c) for c in range(0x7F, 0xA0)] + ["\ufeff"],
+)
+
+
+@pytest.mark.feature("CLI-11")
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", {}),
+        ("# only a comment\n", {}),
+        ("~\n", {}),
+        ("env:\n", {}),
+        ("env: {}\n", {}),
+        (
+            "env:\n  TOKEN: abc  # trailing comment\n  QUOTED: 'x: y'\n  DOUBLE: \"a\\tb\"\n",
+            {"TOKEN": "abc", "QUOTED": "x: y", "DOUBLE": "a\tb"},
+        ),
+        (
+            "env:\n  N: 1e3\n  O: 0o17\n  B: true\n  F: 1.50\n",
+            {"N": "1e3", "O": "0o17", "B": "true", "F": "1.50"},
+        ),
+        ("env:\n  ON: on\n  NO: no\n  Y: yes\n", {"ON": "on", "NO": "no", "Y": "yes"}),
+        ("env:\n  EMPTY:\n  NULL: ~\n", {"EMPTY": "", "NULL": ""}),
+        ("env:\n  CERT: |\n    line 1\n    line 2\n", {"CERT": "line 1\nline 2\n"}),
+        ("env: {A: x, B: y}\n", {"A": "x", "B": "y"}),
+        ("env:\n  A: &shared s3cret\n  B: *shared\n", {"A": "s3cret", "B": "s3cret"}),
+        ("env:\n  123: numeric key\n", {"123": "numeric key"}),
+    ],
+)
+def test_secrets_yaml_values_are_taken_as_written(text: str, expected: dict[str, str]) -> None:
+    assert parse_secrets_yaml(text, SECRETS_YAML) == expected
+
+
+@pytest.mark.feature("CLI-11")
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("env:\n  A: [1\n", 3, "invalid YAML"),
+        ("env:\n\tA: 1\n", 2, "invalid YAML"),
+        ("env: x\nenv: y\n---\nb: 2\n", 3, "invalid YAML"),
+        ("ok: 1\x07\n", 1, "invalid YAML"),
+        ("- a\n", 1, "expected a mapping"),
+        ("just text\n", 1, "expected a mapping"),
+        ("# secrets\nevn:\n  A: 1\n", 2, "unknown key 'evn'"),
+        ("env: [A, B]\n", 1, "`env:` must be a mapping"),
+        ("env:\n  A: 1\n  B: [1, 2]\n", 3, "secret 'B' must be a string, number or boolean, not a list"),
+        ("env:\n  A:\n    nested: 1\n", 2, "not a mapping"),
+        ("env:\n  A: 1\n  A: 2\n", 3, "duplicate key 'A' (first on line 2)"),
+        ("env: 1\nenv: 2\n", 2, "duplicate key 'env'"),
+        ("env:\n  A: !vault abc\n", 2, "custom tags are not supported"),
+        ("env:\n  <<: {A: 1}\n", 2, "merge keys"),
+        ("env:\n  '': x\n", 2, "empty key"),
+        ("env:\n  [a, b]: x\n", 2, "a key of `env:` must be a string"),
+    ],
+)
+def test_malformed_secrets_yaml_names_the_file_and_line(text: str, line: int, fragment: str) -> None:
+    with pytest.raises(LocalSecretsError) as caught:
+        parse_secrets_yaml(text, SECRETS_YAML)
+    assert caught.value.line == line
+    assert fragment in caught.value.problem
+    assert str(caught.value).startswith(f".kici/secrets.yaml:{line}: ")
+
+
+@pytest.mark.feature("CLI-11")
+@settings(max_examples=40)
+@given(
+    st.dictionaries(st.text(YAML_TEXT, min_size=1, max_size=8), st.text(YAML_TEXT, max_size=20), max_size=5)
+)
+def test_any_quoted_secret_round_trips(secrets: dict[str, str]) -> None:
+    """JSON strings are YAML double-quoted scalars: whatever a user quotes comes back unchanged."""
+    lines = ["env:"] + [
+        f"  {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
+        for k, v in secrets.items()
+    ]
+    assert parse_secrets_yaml("\n".join(lines) + "\n", SECRETS_YAML) == secrets
+
+
+@pytest.mark.feature("CLI-11")
+def test_secrets_yaml_sits_between_env_local_and_the_env_flag(tmp_path: Path) -> None:
+    (tmp_path / ".secrets").write_text("A=ini\nB=ini\nC=ini\nD=ini\n", encoding="utf-8")
+    (tmp_path / ".env.local").write_text("B=dotenv\nC=dotenv\nD=dotenv\n", encoding="utf-8")
+    (tmp_path / "secrets.yaml").write_text("env:\n  C: yaml\n  D: yaml\n", encoding="utf-8")
+    merged = load_local_secrets(tmp_path, {"D": "flag"})
+    assert merged == {"A": "ini", "B": "dotenv", "C": "yaml", "D": "flag"}
+    (tmp_path / ".secrets").unlink()
+    (tmp_path / ".env.local").unlink()
+    assert load_local_secrets(tmp_path) == {"C": "yaml", "D": "yaml"}
+
+
+@pytest.mark.feature("CLI-11")
+def test_unreadable_secret_files_are_errors_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "secrets.yaml").write_bytes(b"env:\n  A: \xff\xfe\n")
+    with pytest.raises(LocalSecretsError, match="not UTF-8") as caught:
+        load_local_secrets(tmp_path)
+    assert caught.value.path == tmp_path / "secrets.yaml"
+    assert caught.value.line is None
+    (tmp_path / "secrets.yaml").unlink()
+    (tmp_path / ".env.local").mkdir()
+    with pytest.raises(LocalSecretsError, match="cannot read"):
+        load_local_secrets(tmp_path)
+
+
+@pytest.fixture
+def kici_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``.kici/workflows`` project outside git: enough for ``run local`` to fail before compiling."""
+    (tmp_path / ".kici" / "workflows").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    return tmp_path
+
+
+@pytest.mark.feature("CLI-11")
+def test_run_local_reports_a_malformed_secrets_yaml_without_a_traceback(kici_project: Path) -> None:
+    (kici_project / ".kici" / "secrets.yaml").write_text("env:\n  A: [1, 2]\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["run", "local", "push", "--sandbox", "none"])
+    assert result.exit_code == 1
+    assert ".kici/secrets.yaml:2: secret 'A' must be a string" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    as_json = CliRunner().invoke(cli, ["run", "local", "push", "--sandbox", "none", "--json"])
+    assert as_json.exit_code == 1
+    document = json.loads(as_json.stdout)
+    assert document["success"] is False
+    assert document["error"].startswith(".kici/secrets.yaml:2: ")
+
+
+# --- check mode (CLI-09, EXE-09, SDK-28) ------------------------------------------------------------
+
+
+@pytest.mark.feature("CLI-09")
+def test_fail_on_drift_without_check_is_a_usage_error(kici_project: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", "local", "push", "--fail-on-drift", "--sandbox", "none"])
+    assert result.exit_code == 2
+    assert "--fail-on-drift needs --check" in result.stderr
+
+
+@pytest.mark.feature("CLI-09", "EXE-09")
+def test_step_names_follow_the_runner_index_order() -> None:
+    job = _check_job()
+    assert step_names(job) == ["prepare", "lint-a", "lint-b", "ensure", "fine"]
+
+
+def _check_job(name: str = "converge") -> LockJob:
+    return LockJob(
+        name=name,
+        runs_on=(ExactLabelMatcher(value="kici:os:linux"),),
+        runs_on_pick="deterministic",
+        steps=(
+            LockStep(name="prepare", has_outputs=False),
+            LockParallelStep(
+                name="lint",
+                fail_fast=True,
+                children=(
+                    LockStep(name="lint-a", has_outputs=False),
+                    LockStep(name="lint-b", has_outputs=False),
+                ),
+            ),
+            LockStep(name="ensure", has_outputs=False, has_check=True),
+            LockStep(name="fine", has_outputs=False, has_check=True),
+        ),
+    )
+
+
+# (status, check_outcome, started): what the runner reports per step index in each mode.
+StepScript = list[tuple[str, str | None, bool]]
+CHECK_SCRIPT: StepScript = [
+    ("skipped", "no check", False),
+    ("skipped", "no check", False),
+    ("skipped", "no check", False),
+    ("success", "would change", True),
+    ("skipped", "in sync", True),
+]
+IN_SYNC_SCRIPT: StepScript = [*CHECK_SCRIPT[:3], ("skipped", "in sync", True), ("skipped", "in sync", True)]
+APPLY_SCRIPT: StepScript = [
+    ("success", None, True),
+    ("success", None, True),
+    ("success", None, True),
+    ("success", "applied", True),
+    ("skipped", "in sync", True),
+]
+
+
+class CheckModeExecutor:
+    """Answers every job like the runner does in the requested mode, from a per-job step script."""
+
+    def __init__(self, scripts: dict[str, StepScript], failing: frozenset[str] = frozenset()) -> None:
+        self.scripts = scripts
+        self.failing = failing
+        self.requests: list[ExecuteRequest] = []
+
+    async def execute(
+        self, request: ExecuteRequest, workspace: Path, events: JobEvents, control: JobControl
+    ) -> JobComplete:
+        self.requests.append(request)
+        names = step_names(_check_job())
+        results = []
+        for index, (scripted, scripted_outcome, started) in enumerate(self.scripts[request.job_name]):
+            fails = request.job_name in self.failing and index == 0
+            status, outcome = ("failed", None) if fails else (scripted, scripted_outcome)
+            if started:
+                events.step_started(StepStart(step_index=index, step_name=names[index]))
+            events.step_finished(
+                StepComplete(step_index=index, status=status, duration_ms=1, check_outcome=outcome)  # type: ignore[arg-type]
+            )
+            results.append(StepResult(name=names[index], status=status, duration_ms=1))  # type: ignore[arg-type]
+        job_status = "failed" if request.job_name in self.failing else "success"
+        return JobComplete(status=job_status, step_results=tuple(results))  # type: ignore[arg-type]
+
+
+class Quiet:
+    def workflow_started(self, workflow: str, jobs: object) -> None: ...
+
+    def job_started(self, workflow: str, job: str, checkout: str) -> None: ...
+
+    def step_started(self, workflow: str, job: str, step: str, step_type: str) -> None: ...
+
+    def log_line(self, workflow: str, job: str, line: str) -> None: ...
+
+    def step_finished(self, workflow: str, job: str, step: StepReport) -> None: ...
+
+    def job_finished(self, workflow: str, job: JobReport) -> None: ...
+
+    def workflow_finished(self, report: WorkflowReport) -> None: ...
+
+    def notice(self, message: str) -> None: ...
+
+
+async def run_check_mode(repo: Path, executor: CheckModeExecutor, run_mode: str, *jobs: LockJob) -> RunReport:
+    workflow = _workflow(*(jobs or (_check_job(),)))
+    lock = LockFile(content_hash="0" * 64, workflows=(workflow,))
+    event = simulate_event("push", EventOptions(branch="main"))
+    prepared, _ = prepare_run(lock, event, workflow_filter=None, job_filter=None, raw_inputs={})
+    run_root = repo.parent / "runs"
+    run_root.mkdir(exist_ok=True)
+    options = LocalRunOptions(
+        repo_root=repo,
+        kici_dir=repo / ".kici",
+        run_root=run_root,
+        sha=git(repo, "rev-parse", "HEAD").strip(),
+        overlay=Overlay(),
+        run_mode=run_mode,  # type: ignore[arg-type]
+    )
+    return await LocalRun(options, event, Quiet(), executor).run(prepared, handle_signals=False)
+
+
+def outcomes(report: RunReport) -> list[tuple[str, str, str | None]]:
+    return [(s.name, s.status, s.outcome) for s in report.workflows[0].jobs[0].steps]
+
+
+@pytest.mark.feature("CLI-09", "EXE-09", "SDK-28")
+async def test_check_mode_reaches_the_runner_and_outcomes_are_reported(repo: Path) -> None:
+    executor = CheckModeExecutor({"converge": CHECK_SCRIPT})
+    report = await run_check_mode(repo, executor, "check")
+    assert [r.run_mode for r in executor.requests] == ["check"]
+    assert outcomes(report) == [
+        ("prepare", "skipped", "no check"),
+        ("lint-a", "skipped", "no check"),
+        ("lint-b", "skipped", "no check"),
+        ("ensure", "success", "would change"),
+        ("fine", "skipped", "in sync"),
+    ], "never-started steps are named from the lock, in execution order, without duplicates"
+    workflow = report.workflows[0]
+    assert (workflow.status, workflow.drift, workflow.reason) == ("success", True, None)
+    assert (report.success, report.drift, report.drifted_steps(), report.exit_code) == (True, True, 1, 0)
+    document = report.to_json()
+    assert (document["runMode"], document["drift"], document["workflows"][0]["drift"]) == (
+        "check",
+        True,
+        True,
+    )
+    steps = document["workflows"][0]["jobs"][0]["steps"]
+    assert [s["outcome"] for s in steps] == ["no check"] * 3 + ["would change", "in sync"]
+    assert "    ✓ ensure (success, 1ms) [would change]" in summary_lines(report)
+
+
+@pytest.mark.feature("CLI-09", "EXE-09", "SDK-28")
+async def test_fail_on_drift_exits_2_only_when_something_would_change(repo: Path) -> None:
+    drifted = await run_check_mode(repo, CheckModeExecutor({"converge": CHECK_SCRIPT}), "check-fail-on-drift")
+    workflow = drifted.workflows[0]
+    assert (workflow.status, workflow.reason) == ("failure", DRIFT_FAILURE_REASON)
+    assert workflow.jobs[0].status == "success", "drift fails the run, not the job"
+    assert (drifted.success, drifted.exit_code) == (False, 2)
+    in_sync = await run_check_mode(
+        repo, CheckModeExecutor({"converge": IN_SYNC_SCRIPT}), "check-fail-on-drift"
+    )
+    assert (in_sync.workflows[0].status, in_sync.drift, in_sync.exit_code) == ("success", False, 0)
+    assert in_sync.to_json()["drift"] is False
+
+
+@pytest.mark.feature("CLI-09", "EXE-09")
+async def test_a_failed_job_outranks_drift(repo: Path) -> None:
+    executor = CheckModeExecutor(
+        {"converge": CHECK_SCRIPT, "other": CHECK_SCRIPT}, failing=frozenset({"other"})
+    )
+    report = await run_check_mode(
+        repo, executor, "check-fail-on-drift", _check_job("converge"), _check_job("other")
+    )
+    workflow = report.workflows[0]
+    assert workflow.drift is True
+    assert (workflow.status, workflow.reason) == ("failure", "Failed jobs: other")
+    assert report.exit_code == 1
+
+
+@pytest.mark.feature("EXE-09", "SDK-28")
+async def test_apply_mode_applies_and_is_never_drift(repo: Path) -> None:
+    executor = CheckModeExecutor({"converge": APPLY_SCRIPT})
+    report = await run_check_mode(repo, executor, "apply")
+    assert [r.run_mode for r in executor.requests] == ["apply"]
+    assert [o for _, _, o in outcomes(report)] == [None, None, None, "applied", "in sync"]
+    assert (report.drift, report.exit_code) == (False, 0)
+    assert "runMode" not in report.to_json()
+
+
+@pytest.mark.feature("CLI-09")
+@pytest.mark.parametrize(
+    ("statuses", "interrupted", "code"),
+    [
+        ([("success", None)], False, 0),
+        ([("failure", DRIFT_FAILURE_REASON)], False, 2),
+        ([("failure", DRIFT_FAILURE_REASON), ("success", None)], False, 2),
+        ([("failure", DRIFT_FAILURE_REASON), ("failure", "Failed jobs: x")], False, 1),
+        ([("cancelled", None), ("failure", DRIFT_FAILURE_REASON)], False, 1),
+        ([("failure", DRIFT_FAILURE_REASON)], True, 130),
+    ],
+)
+def test_run_exit_codes(statuses: list[tuple[str, str | None]], interrupted: bool, code: int) -> None:
+    workflows = tuple(
+        WorkflowReport(name=f"w{i}", status=status, duration_ms=0, reason=reason)  # type: ignore[arg-type]
+        for i, (status, reason) in enumerate(statuses)
+    )
+    assert RunReport(workflows=workflows, interrupted=interrupted).exit_code == code

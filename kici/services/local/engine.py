@@ -18,6 +18,11 @@ has not started yet is cancelled without starting it (10 §6), and every running
 
 Checkouts of successful jobs are deleted when the job ends; failed, cancelled and ``--keep`` ones
 are kept and their path is reported. The run directory itself is removed when nothing in it is kept.
+
+Check mode (``--check``, CLI-09 / EXE-09) is the runner's ``runMode``: it runs only the ``check`` of
+checked steps and skips plain ones. A step reported ``would change`` is drift; under
+``check-fail-on-drift`` a workflow with drift fails with the domain's drift reason, unless a job
+failed, which decides first (see :mod:`kici.services.local.results` for the exit codes).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import math
 import shutil
 import signal
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,10 +55,19 @@ from kici.domain.lockfile import (
     FrozenDict,
     InputDescriptor,
     LockFile,
+    LockJob,
+    LockParallelStep,
     LockWorkflow,
     ScheduleTrigger,
 )
-from kici.domain.runner_ipc import ExecuteRequest, JobComplete, StepComplete, StepStart, event_to_json
+from kici.domain.runner_ipc import (
+    ExecuteRequest,
+    JobComplete,
+    RunMode,
+    StepComplete,
+    StepStart,
+    event_to_json,
+)
 from kici.domain.triggers import match_lock
 from kici.sdk.masking import Masker
 from kici.services.local.checkout import CheckoutError, Overlay, create_checkout, slug
@@ -65,6 +79,7 @@ from kici.services.local.plan import (
     plan_workflow,
 )
 from kici.services.local.results import (
+    DRIFT_OUTCOME,
     JobReport,
     JobState,
     RunObserver,
@@ -132,6 +147,7 @@ class LocalRunOptions:
     keep: bool = False
     secrets: Mapping[str, str] = attrs.field(factory=dict)
     default_step_timeout_ms: int | None = None
+    run_mode: RunMode = "apply"
 
 
 @attrs.frozen(kw_only=True)
@@ -204,21 +220,43 @@ def _cli_status(status: JobStatus) -> JobState:
     return "failure"
 
 
-class _Events:
-    """Collects one job's step events and forwards them, masked, to the observer."""
+def step_names(job: LockJob) -> list[str]:
+    """The job's steps in the runner's index order (parallel children flattened, as in ``naming``)."""
+    names: list[str] = []
+    for entry in job.steps:
+        if isinstance(entry, LockParallelStep):
+            names.extend(child.name for child in entry.children)
+        else:
+            names.append(entry.name)
+    return names
 
-    def __init__(self, workflow: str, job: str, observer: RunObserver, masker: Masker) -> None:
+
+class _Events:
+    """Collects one job's step events and forwards them, masked, to the observer.
+
+    Step names come from the lock up front: a step the runner skips without starting it (a rule
+    that did not pass, ``no check`` in check mode, the rest after a failure) has only a
+    ``step.complete``, which carries an index and no name.
+    """
+
+    def __init__(
+        self, workflow: str, job: str, observer: RunObserver, masker: Masker, names: Sequence[str] = ()
+    ) -> None:
         self.workflow, self.job = workflow, job
         self.observer, self.masker = observer, masker
-        self.names: dict[int, tuple[str, str]] = {}
-        self.started: list[tuple[int, str]] = []
+        self.names: dict[int, tuple[str, str]] = {index: (name, "step") for index, name in enumerate(names)}
+        self.seen: list[tuple[int, str]] = []
         self.steps: dict[tuple[int, str], StepReport] = {}
+
+    def _saw(self, key: tuple[int, str]) -> None:
+        """Report order is first sight (start, or completion for a step never started): execution order."""
+        if key not in self.seen:
+            self.seen.append(key)
 
     def step_started(self, message: StepStart) -> None:
         step_type = message.step_type or "step"
         self.names[message.step_index] = (message.step_name, step_type)
-        if (message.step_index, step_type) not in self.started:
-            self.started.append((message.step_index, step_type))
+        self._saw((message.step_index, step_type))
         if message.state != "pending":
             self.observer.step_started(self.workflow, self.job, message.step_name, step_type)
 
@@ -228,21 +266,20 @@ class _Events:
     def step_finished(self, message: StepComplete) -> None:
         name, step_type = self.names.get(message.step_index, (f"step-{message.step_index + 1}", "step"))
         step_type = message.step_type or step_type
-        outcome = message.data.get("checkOutcome") if message.data else None
         report = StepReport(
             name=name,
             status=message.status,
             duration_ms=message.duration_ms,
             error=self.masker.mask(message.error.message) if message.error is not None else None,
-            outcome=outcome if isinstance(outcome, str) else None,
+            outcome=message.check_outcome,
             step_type=step_type,
         )
         self.steps[(message.step_index, step_type)] = report
+        self._saw((message.step_index, step_type))
         self.observer.step_finished(self.workflow, self.job, report)
 
     def reports(self, complete: JobComplete) -> tuple[StepReport, ...]:
-        keys = [k for k in self.started if k in self.steps] + [k for k in self.steps if k not in self.started]
-        ordered = [self.steps[key] for key in keys]
+        ordered = [self.steps[key] for key in self.seen if key in self.steps]
         seen = {r.name for r in ordered if r.step_type == "step"}
         ordered += [
             StepReport(
@@ -326,7 +363,9 @@ class LocalRun:
             nursery.cancel_scope.cancel()
         if not self.kept:
             await trio.to_thread.run_sync(shutil.rmtree, self.options.run_root, True)
-        return RunReport(workflows=tuple(reports), interrupted=self.interrupts > 0)
+        return RunReport(
+            workflows=tuple(reports), interrupted=self.interrupts > 0, run_mode=self.options.run_mode
+        )
 
     async def _run_workflow(self, prepared: PreparedWorkflow) -> WorkflowReport:
         plan = prepared.plan
@@ -340,13 +379,18 @@ class LocalRun:
         else:
             await scheduler.drive(prepared)
         statuses = scheduler.statuses()
+        jobs = tuple(scheduler.reports[n] for n in scheduler.order if n in scheduler.reports)
+        drift = any(step.outcome == DRIFT_OUTCOME for job in jobs for step in job.steps)
         run_status, reason = compute_run_status(statuses, CheckMode.APPLY, False)
+        if run_status is RunStatus.SUCCESS:
+            run_status, reason = compute_run_status(statuses, CheckMode(self.options.run_mode), drift)
         report = WorkflowReport(
             name=name,
             status=_WORKFLOW_STATES.get(run_status, "failure"),
             duration_ms=_ms(trio.current_time() - started),
-            jobs=tuple(scheduler.reports[n] for n in scheduler.order if n in scheduler.reports),
+            jobs=jobs,
             reason=reason,
+            drift=drift,
         )
         self.observer.workflow_finished(report)
         return report
@@ -390,6 +434,7 @@ class LocalRun:
             fanout_total=job.fanout_total,
             provider="local",
             is_test_run=False,
+            run_mode=self.options.run_mode,
         )
 
     async def run_job(
@@ -416,7 +461,7 @@ class LocalRun:
                 name=job.name, status="cancelled", reason=INTERRUPTED_REASON, matrix_values=job.matrix
             ), None
         self.observer.job_started(workflow, job.name, str(checkout))
-        events = _Events(workflow, job.name, self.observer, self.masker)
+        events = _Events(workflow, job.name, self.observer, self.masker, step_names(job.job))
         control = JobControl()
         key = (workflow, job.name)
         self.controls[key] = control

@@ -7,6 +7,13 @@ Job statuses use the CLI's vocabulary ``success | failure | skipped | cancelled`
 not pass is reported ``skipped`` locally (the agent reports it ``success`` with skipped steps, 10 §16.9,
 which would read as if the job had run). Extra keys (``error``, ``reason``, ``checkoutDir``) only
 appear when set.
+
+Check mode (CLI-09, EXE-09): each step carries its ``outcome`` (``in sync``, ``would change``,
+``no check``; ``applied`` in apply mode); a workflow with a ``would change`` step has ``drift``,
+and the document gains ``runMode`` and ``drift``. Exit codes: 130 interrupted, else 0 when every
+workflow succeeded, 2 when the only failures are drift under ``--fail-on-drift``, else 1. A
+failed job outranks drift (1, not 2): a check that could not run says nothing about drift, and
+"2" must keep meaning "everything ran and something would change".
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import attrs
+
+from kici.domain.execution.run_status import DRIFT_FAILURE_REASON
+from kici.domain.runner_ipc import RunMode
+
+DRIFT_OUTCOME = "would change"
 
 JobState = Literal["success", "failure", "skipped", "cancelled"]
 WorkflowState = Literal["success", "failure", "cancelled"]
@@ -74,6 +86,11 @@ class WorkflowReport:
     duration_ms: int
     jobs: tuple[JobReport, ...] = ()
     reason: str | None = None
+    drift: bool = False
+
+    @property
+    def failed_on_drift(self) -> bool:
+        return self.status == "failure" and self.reason == DRIFT_FAILURE_REASON
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -84,6 +101,8 @@ class WorkflowReport:
         }
         if self.reason is not None:
             data["reason"] = self.reason
+        if self.drift:
+            data["drift"] = True
         return data
 
 
@@ -93,19 +112,36 @@ class RunReport:
 
     workflows: tuple[WorkflowReport, ...] = ()
     interrupted: bool = False
+    run_mode: RunMode = "apply"
 
     @property
     def success(self) -> bool:
         return not self.interrupted and all(w.status == "success" for w in self.workflows)
 
     @property
+    def drift(self) -> bool:
+        return any(w.drift for w in self.workflows)
+
+    def drifted_steps(self) -> int:
+        return sum(1 for w in self.workflows for j in w.jobs for s in j.steps if s.outcome == DRIFT_OUTCOME)
+
+    @property
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 0 if self.success else 1
+        if self.success:
+            return 0
+        if all(w.status == "success" or w.failed_on_drift for w in self.workflows):
+            return 2
+        return 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"success": self.success, "workflows": [w.to_json() for w in self.workflows]}
+        data: dict[str, Any] = {"success": self.success}
+        if self.run_mode != "apply":
+            data["runMode"] = self.run_mode
+            data["drift"] = self.drift
+        data["workflows"] = [w.to_json() for w in self.workflows]
+        return data
 
 
 class RunObserver(Protocol):

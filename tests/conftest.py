@@ -18,6 +18,8 @@ from kici.testing.features import read_features, spec_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["kici.testing.pg_plugin"]
+
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
     "ci",

@@ -1,0 +1,1 @@
+"""Git-provider adapters: the local-file provider and universal-git (any git server, sparse clone)."""

@@ -1,0 +1,1 @@
+"""The webhook normalizers of each provider: github, generic, universal-git and local."""

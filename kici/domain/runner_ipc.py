@@ -27,6 +27,7 @@ StepStatus = Literal["success", "failed", "skipped", "cancelled"]
 JobStatus = Literal["success", "failed", "cancelled"]
 StartState = Literal["running", "pending"]
 RunMode = Literal["apply", "check", "check-fail-on-drift"]
+RunnerMode = Literal["job", "dynamic", "init"]
 AbortAction = Literal["proceed", "wait", "cancel"]
 
 _STEP_STATUSES: Final = ("success", "failed", "skipped", "cancelled")
@@ -117,6 +118,16 @@ class RuleResultData:
 
 
 @attrs.frozen(kw_only=True)
+class InitResult:
+    """What an ``init`` evaluation (10 §4 ``initOnly``) resolved for its target job; unset = not dynamic."""
+
+    matrix_values: Any = None
+    env: Mapping[str, str] | None = None
+    environment_names: tuple[str, ...] | None = None
+    concurrency_group: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class JobComplete:
     """The runner's verdict. ``cancelled`` is added to ISO-02's success|failed: a graceful cancel whose
     hooks all passed ends ``cancelled`` (10 §6), and the runner is the one that knows."""
@@ -130,6 +141,13 @@ class JobComplete:
     dropped_jobs: tuple[str, ...] | None = None
     rule_results: tuple[RuleResultData, ...] | None = None
     duration_ms: int | None = attrs.field(default=None, validator=_non_negative)
+    dynamic_jobs: tuple[Mapping[str, Any], ...] | None = None
+    dynamic_complete: bool | None = None
+    dynamic_failed: bool | None = None
+    generated_job_names: tuple[str, ...] | None = None
+    init_result: InitResult | None = None
+    init_complete: bool | None = None
+    init_failed: bool | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -163,8 +181,29 @@ RunnerMessage = (
 
 
 @attrs.frozen(kw_only=True)
+class DynamicRequest:
+    """Which generator to run and with what (10 §9).
+
+    With ``mode: dynamic`` the runner evaluates generator ``index`` and answers ``dynamicJobs``; on a
+    generated job's ``execute`` (``mode: job``) it re-evaluates it with the same frozen inputs and checks
+    the result against ``expected_job_names`` (the determinism guard). ``needs`` is the ``ctx.needs``
+    view of the frozen upstream snapshot (result-aware generators only).
+    """
+
+    index: int = attrs.field(validator=_non_negative)
+    group: str | None = None
+    result_aware: bool | None = None
+    timeout_ms: int | None = attrs.field(default=None, validator=_non_negative)
+    needs: Mapping[str, Any] | None = None
+    expected_job_names: tuple[str, ...] | None = None
+
+
+@attrs.frozen(kw_only=True)
 class ExecuteRequest:
     """What one job run needs (D6). Paths are repo-relative; ``workspace`` is the path inside the sandbox.
+
+    ``mode`` picks the special job types of 10 §4: ``dynamic`` evaluates a generator (``dynamic``),
+    ``init`` evaluates the dynamic values of job ``job_name`` (``init_timeout_ms`` per value).
 
     ``event`` is the snake_case envelope of 00 §1.6 (``SimulatedEvent`` as JSON); ``matrix`` is this child's
     combination (``{"value": x}`` for a 1-D matrix). ``content_hash`` absent skips the D1 drift check.
@@ -196,6 +235,9 @@ class ExecuteRequest:
     fanout_total: int | None = attrs.field(default=None, validator=_non_negative)
     is_test_run: bool | None = None
     provider: str | None = None
+    mode: RunnerMode = attrs.field(default="job", validator=_one_of("job", "dynamic", "init"))
+    dynamic: DynamicRequest | None = None
+    init_timeout_ms: int | None = attrs.field(default=None, validator=_non_negative)
 
 
 @attrs.frozen(kw_only=True)
@@ -322,6 +364,8 @@ def _build_converter() -> cattrs.Converter:
         StepError,
         StepResult,
         RuleResultData,
+        InitResult,
+        DynamicRequest,
         ExecuteRequest,
         *RUNNER_TYPES.values(),
         *PARENT_TYPES.values(),
@@ -416,10 +460,12 @@ __all__ = [
     "AgentApiResponse",
     "ConcurrencyAck",
     "ConcurrencyReport",
+    "DynamicRequest",
     "EventEmit",
     "EventEmitResponse",
     "Execute",
     "ExecuteRequest",
+    "InitResult",
     "JobComplete",
     "LogLine",
     "ParentMessage",
@@ -427,6 +473,7 @@ __all__ = [
     "RuleResultData",
     "RunnerIpcError",
     "RunnerMessage",
+    "RunnerMode",
     "StepComplete",
     "StepError",
     "StepResult",

@@ -16,6 +16,18 @@ has not started yet is cancelled without starting it (10 §6), and every running
 (``abort{force: true}``, the runner's process group is killed, hooks die). The run then reports
 ``interrupted`` (exit 130).
 
+Dynamic jobs and values (EXE-19/20/21/34) run through the same runners, in their special modes
+(10 §4): first the ``__init__<job>`` evaluation of every job with a dynamic matrix or env, one after
+the other, so the job can be planned (:mod:`kici.services.local.plan`); then the scheduler drives the
+``__dynamic__<workflow>__<index>`` evaluation nodes like jobs — event-only ones start with the roots,
+result-aware ones when their needs are terminal, with the frozen upstream snapshot. Their output
+becomes lock jobs (:mod:`kici.domain.dynamic`) that join the run as the generator's group; each
+generated job's runner re-evaluates its generator and reports what the determinism guard saw, and
+dropped siblings that have not started yet end ``drift_dropped``. A failed evaluation fails the
+group (the synthetic ``dynamic-eval-failed-<index>`` job), so the group's dependents skip; a skipped
+one leaves the group empty, so they run. Jobs still open when nothing can move any more (a group
+that was never resolved) are reported cancelled.
+
 Checkouts of successful jobs are deleted when the job ends; failed, cancelled and ``--keep`` ones
 are kept and their path is reported. The run directory itself is removed when nothing in it is kept.
 
@@ -38,15 +50,34 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from kici.domain.dynamic import (
+    DEFAULT_EVAL_TIMEOUT_MS,
+    DRIFT_DROPPED_REASON,
+    DYNAMIC_EVAL,
+    INIT_VALUE_TIMEOUT_MS,
+    DynamicEvalError,
+    GuardVerdict,
+    determinism_guard,
+    freeze_snapshot,
+    init_job_name,
+    needs_view_json,
+    parse_generated_jobs,
+)
 from kici.domain.event_args import InputError, coerce_inputs
 from kici.domain.events import SimulatedEvent, WorkflowDecision
 from kici.domain.execution.needs import (
+    DuplicateJobError,
+    GroupNeed,
+    InvalidNeedError,
+    NameNeed,
     SchedulerOutcome,
     SchedulerState,
     apply_terminal,
     apply_terminals,
+    eval_failed_job_name,
     fail_group_eval,
     insert_edges_for_run,
+    resolve_group_edges,
 )
 from kici.domain.execution.run_status import compute_run_status
 from kici.domain.execution.states import CheckMode, JobStatus, RunStatus
@@ -61,6 +92,7 @@ from kici.domain.lockfile import (
     ScheduleTrigger,
 )
 from kici.domain.runner_ipc import (
+    DynamicRequest,
     ExecuteRequest,
     JobComplete,
     RunMode,
@@ -72,10 +104,15 @@ from kici.domain.triggers import match_lock
 from kici.sdk.masking import Masker
 from kici.services.local.checkout import CheckoutError, Overlay, create_checkout, slug
 from kici.services.local.plan import (
-    GENERATOR_UNSUPPORTED,
+    Generator,
+    InitOutcome,
+    Origin,
     PlannedJob,
     UnknownJobError,
     WorkflowPlan,
+    is_flat,
+    needs_init,
+    plan_generated,
     plan_workflow,
 )
 from kici.services.local.results import (
@@ -91,6 +128,8 @@ from kici.services.local.results import (
 
 FAILED_TO_START_REASON = "not started: an earlier job failed (use --keep-going to run independent jobs)"
 INTERRUPTED_REASON = "not started: the run was interrupted (Ctrl-C)"
+UNRESOLVED_GROUP_REASON = "not started: the dynamic group it needs was never resolved"
+EVALUATE_STEP = "evaluate"
 
 
 class LocalRunError(RuntimeError):
@@ -155,6 +194,7 @@ class PreparedWorkflow:
     plan: WorkflowPlan
     decision: WorkflowDecision
     dispatch_inputs: Mapping[str, Any]
+    job_filter: str | None = None
 
 
 def _descriptors(workflow: LockWorkflow, decision: WorkflowDecision) -> Mapping[str, InputDescriptor] | None:
@@ -198,7 +238,9 @@ def prepare_run(
         except InputError as exc:
             problems.extend(f'workflow "{workflow.name}": {p}' for p in exc.problems)
             continue
-        prepared.append(PreparedWorkflow(plan=plan, decision=decision, dispatch_inputs=inputs))
+        prepared.append(
+            PreparedWorkflow(plan=plan, decision=decision, dispatch_inputs=inputs, job_filter=job_filter)
+        )
     if missing_job and not prepared and not problems:
         problems.extend(missing_job)
     if problems:
@@ -371,9 +413,14 @@ class LocalRun:
         plan = prepared.plan
         name = plan.workflow.name
         started = trio.current_time()
-        names = [job.name for job in plan.jobs]
-        self.observer.workflow_started(name, names)
-        scheduler = _Scheduler(plan, self)
+        targets = _init_targets(plan)
+        names = [init_job_name(t) for t in targets] + [job.name for job in plan.jobs]
+        self.observer.workflow_started(name, names + [gen.name for gen in plan.generators])
+        preludes: list[JobReport] = []
+        if targets and not self.interrupts:
+            outcomes, preludes = await self._run_inits(prepared, targets)
+            plan = plan_workflow(plan.workflow, prepared.job_filter, outcomes)
+        scheduler = _Scheduler(plan, self, preludes)
         if self.interrupts:
             scheduler.cancel_unstarted(INTERRUPTED_REASON)
         else:
@@ -395,15 +442,11 @@ class LocalRun:
         self.observer.workflow_finished(report)
         return report
 
-    # -- one job
+    # -- requests
 
-    def _request(
-        self, prepared: PreparedWorkflow, job: PlannedJob, scheduler: _Scheduler, workspace: str
-    ) -> ExecuteRequest:
+    def _request(self, prepared: PreparedWorkflow, job_name: str, display: str) -> ExecuteRequest:
+        """What every runner of this workflow gets; ``workspace`` is set once the checkout exists."""
         workflow = prepared.plan.workflow
-        upstreams = [edge.upstream for edge in scheduler.state.edges_of(job.name)]
-        lock_job = job.job
-        env = dict(lock_job.env) if isinstance(lock_job.env, FrozenDict) else {}
         try:
             kici_dir = self.options.kici_dir.relative_to(self.options.repo_root).as_posix()
         except ValueError:
@@ -412,62 +455,147 @@ class LocalRun:
             workflow_file=workflow.source.file,
             workflow_export=workflow.source.export,
             workflow_name=workflow.name,
-            job_name=job.base,
-            job_display_name=job.name,
-            workspace=workspace,
+            job_name=job_name,
+            job_display_name=display,
+            workspace="",
             kici_dir=kici_dir,
             content_hash=workflow.content_hash,
             resolved_hash_files=workflow.resolved_hash_files,
-            matrix=job.matrix,
             event=event_to_json(self.event),
             secrets=dict(self.options.secrets),
-            env={str(k): str(v) for k, v in env.items()},
-            upstream_job_outputs={u: scheduler.outputs[u] for u in upstreams if u in scheduler.outputs},
-            upstream_job_statuses={
-                u: str(s) for u in upstreams if (s := scheduler.state.jobs[u].status) is not None
-            },
             dispatch_inputs=dict(prepared.dispatch_inputs),
-            grace_period_s=lock_job.grace_period,
-            job_timeout_ms=lock_job.timeout,
             default_step_timeout_ms=self.options.default_step_timeout_ms,
-            fanout_index=job.fanout_index,
-            fanout_total=job.fanout_total,
             provider="local",
             is_test_run=False,
             run_mode=self.options.run_mode,
         )
 
+    def _job_request(
+        self, prepared: PreparedWorkflow, job: PlannedJob, scheduler: _Scheduler
+    ) -> ExecuteRequest:
+        upstreams = [edge.upstream for edge in scheduler.state.edges_of(job.name)]
+        lock_job = job.job
+        if job.env is not None:
+            env = dict(job.env)
+        else:
+            env = dict(lock_job.env) if isinstance(lock_job.env, FrozenDict) else {}
+        origin = job.origin
+        return attrs.evolve(
+            self._request(prepared, job.base, job.name),
+            matrix=job.matrix,
+            env={str(k): str(v) for k, v in env.items()},
+            upstream_job_outputs={u: scheduler.outputs[u] for u in upstreams if u in scheduler.outputs},
+            upstream_job_statuses={
+                u: str(s) for u in upstreams if (s := scheduler.state.jobs[u].status) is not None
+            },
+            grace_period_s=lock_job.grace_period,
+            job_timeout_ms=lock_job.timeout,
+            fanout_index=job.fanout_index,
+            fanout_total=job.fanout_total,
+            dynamic=None
+            if origin is None
+            else DynamicRequest(
+                index=origin.index,
+                group=origin.group,
+                result_aware=origin.result_aware or None,
+                timeout_ms=DEFAULT_EVAL_TIMEOUT_MS,
+                needs=origin.needs,
+                expected_job_names=origin.expected,
+            ),
+        )
+
+    # -- one runner
+
     async def run_job(
         self, prepared: PreparedWorkflow, job: PlannedJob, scheduler: _Scheduler
-    ) -> tuple[JobReport, Mapping[str, Any] | None]:
+    ) -> tuple[JobReport, JobComplete | None]:
+        if job.failure is not None:
+            report = JobReport(name=job.name, status="failure", error=job.failure, matrix_values=job.matrix)
+            return report, None
+        request = self._job_request(prepared, job, scheduler)
+        return await self._execute(prepared, job.name, request, step_names(job.job), job.matrix)
+
+    async def run_eval(
+        self, prepared: PreparedWorkflow, gen: Generator, scheduler: _Scheduler
+    ) -> tuple[JobReport, JobComplete | None]:
+        """A generator's ``__dynamic__`` evaluation; a result-aware one sees its frozen snapshot."""
+        needs = None
+        if gen.result_aware:
+            needs = needs_view_json(scheduler.snapshot(gen))
+            scheduler.views[gen.name] = needs
+        request = attrs.evolve(
+            self._request(prepared, gen.name, gen.name),
+            mode="dynamic",
+            dynamic=DynamicRequest(
+                index=gen.index,
+                group=gen.group,
+                result_aware=gen.result_aware or None,
+                timeout_ms=DEFAULT_EVAL_TIMEOUT_MS,
+                needs=needs,
+            ),
+        )
+        return await self._execute(prepared, gen.name, request, [EVALUATE_STEP], None)
+
+    async def _run_inits(
+        self, prepared: PreparedWorkflow, targets: Sequence[str]
+    ) -> tuple[dict[str, InitOutcome], list[JobReport]]:
+        """The ``__init__<job>`` evaluations (EXE-34), one after the other, before any job starts."""
+        workflow = prepared.plan.workflow.name
+        outcomes: dict[str, InitOutcome] = {}
+        reports: list[JobReport] = []
+        for target in targets:
+            if self.interrupts:
+                break
+            name = init_job_name(target)
+            request = attrs.evolve(
+                self._request(prepared, target, name), mode="init", init_timeout_ms=INIT_VALUE_TIMEOUT_MS
+            )
+            report, complete = await self._execute(prepared, name, request, [EVALUATE_STEP], None)
+            self.observer.job_finished(workflow, report)
+            reports.append(report)
+            result = complete.init_result if complete is not None else None
+            if complete is not None and complete.status == "success":
+                outcomes[target] = InitOutcome(
+                    matrix=None if result is None else result.matrix_values,
+                    env=None if result is None else result.env,
+                )
+            else:
+                why = report.error or report.reason or report.status
+                outcomes[target] = InitOutcome(error=f"{name} failed: {why}")
+        return outcomes, reports
+
+    async def _execute(
+        self,
+        prepared: PreparedWorkflow,
+        name: str,
+        request: ExecuteRequest,
+        names: Sequence[str],
+        matrix: Mapping[str, Any] | None,
+    ) -> tuple[JobReport, JobComplete | None]:
+        """Run ``request`` in a fresh checkout through the executor and report it as job ``name``."""
         workflow = prepared.plan.workflow.name
         started = trio.current_time()
-        if job.unsupported is not None:
-            report = JobReport(
-                name=job.name, status="failure", error=job.unsupported, matrix_values=job.matrix
-            )
-            return report, None
-        checkout = self.options.run_root / slug(workflow) / slug(job.name)
+        checkout = self.options.run_root / slug(workflow) / slug(name)
         try:
             checkout.parent.mkdir(parents=True, exist_ok=True)
             await trio.to_thread.run_sync(
                 create_checkout, self.options.repo_root, checkout, self.options.sha, self.options.overlay
             )
         except (CheckoutError, OSError) as exc:
-            return JobReport(name=job.name, status="failure", error=str(exc), matrix_values=job.matrix), None
+            return JobReport(name=name, status="failure", error=str(exc), matrix_values=matrix), None
         if self.interrupts:
             await trio.to_thread.run_sync(shutil.rmtree, checkout, True)
             return JobReport(
-                name=job.name, status="cancelled", reason=INTERRUPTED_REASON, matrix_values=job.matrix
+                name=name, status="cancelled", reason=INTERRUPTED_REASON, matrix_values=matrix
             ), None
-        self.observer.job_started(workflow, job.name, str(checkout))
-        events = _Events(workflow, job.name, self.observer, self.masker, step_names(job.job))
+        self.observer.job_started(workflow, name, str(checkout))
+        events = _Events(workflow, name, self.observer, self.masker, names)
         control = JobControl()
-        key = (workflow, job.name)
+        key = (workflow, name)
         self.controls[key] = control
         try:
             complete = await self.executor.execute(
-                self._request(prepared, job, scheduler, str(checkout)), checkout, events, control
+                attrs.evolve(request, workspace=str(checkout)), checkout, events, control
             )
         finally:
             del self.controls[key]
@@ -483,23 +611,28 @@ class LocalRun:
         else:
             await trio.to_thread.run_sync(shutil.rmtree, checkout, True)
         report = JobReport(
-            name=job.name,
+            name=name,
             status=status,
             duration_ms=duration,
             steps=events.reports(complete),
-            matrix_values=job.matrix,
+            matrix_values=matrix,
             error=error,
             reason=reason,
             checkout_dir=str(checkout) if keep else None,
         )
-        return report, complete.outputs
+        return report, complete
+
+
+def _init_targets(plan: WorkflowPlan) -> list[str]:
+    """The jobs whose dynamic matrix or env must be evaluated before they can be planned."""
+    return list(dict.fromkeys(job.base for job in plan.jobs if job.origin is None and needs_init(job.job)))
 
 
 @attrs.frozen
 class _Finished:
     name: str
     report: JobReport
-    outputs: Mapping[str, Any] | None
+    complete: JobComplete | None
 
 
 @attrs.frozen
@@ -511,26 +644,29 @@ _Message = _Finished | _Wake
 
 
 class _Scheduler:
-    """The needs gate driven for one workflow: what may start, what finished, what was cancelled."""
+    """The needs gate driven for one workflow: what may start, what finished, what was cancelled.
 
-    def __init__(self, plan: WorkflowPlan, run: LocalRun) -> None:
+    Evaluation nodes (``__dynamic__…``) are jobs of the gate like any other; when one succeeds, the
+    jobs it generated join the run as its group (``resolve_group_edges``); when it fails, the group
+    fails (``fail_group_eval``) so its dependents skip; when it is skipped, the group is empty.
+    """
+
+    def __init__(self, plan: WorkflowPlan, run: LocalRun, preludes: Sequence[JobReport] = ()) -> None:
         self.plan = plan
         self.run = run
         self.jobs = plan.by_name
-        self.order: list[str] = [job.name for job in plan.jobs]
-        self.reports: dict[str, JobReport] = {}
+        self.generators = {gen.name: gen for gen in plan.generators}
+        self.order: list[str] = [r.name for r in preludes]
+        self.order += [name for spec in plan.specs for name in spec.job_names]
+        self.reports: dict[str, JobReport] = {r.name: r for r in preludes}
         self.outputs: dict[str, Mapping[str, Any]] = {}
+        self.views: dict[str, Mapping[str, Any]] = {}
         self.ready: deque[str] = deque()
         self.running: set[str] = set()
         self.stopped: str | None = None
         state, outcome = insert_edges_for_run(plan.specs)
         self.state: SchedulerState = state
         self._absorb(outcome)
-        for generator in plan.generators:
-            self.state, outcome = fail_group_eval(
-                self.state, generator.index, generator.group, GENERATOR_UNSUPPORTED
-            )
-            self._absorb(outcome)
 
     def _absorb(self, outcome: SchedulerOutcome) -> None:
         for name in outcome.dispatched:
@@ -546,9 +682,14 @@ class _Scheduler:
                 )
             )
         for failed in outcome.failed:
-            if failed.name not in self.jobs:
+            if failed.name not in self.order:
                 self.order.append(failed.name)
             self._record(JobReport(name=failed.name, status="failure", error=failed.reason))
+        for skipped in outcome.skipped:
+            gen = self.generators.get(skipped.name)
+            if gen is not None and gen.tag not in self.state.resolved_groups:
+                self.state, emptied = resolve_group_edges(self.state, gen.tag, ())
+                self._absorb(emptied)
 
     def _matrix(self, name: str) -> Mapping[str, Any] | None:
         job = self.jobs.get(name)
@@ -588,8 +729,12 @@ class _Scheduler:
         self.run.wakeups = send
 
         async def one(name: str) -> None:
-            report, outputs = await self.run.run_job(prepared, self.jobs[name], self)
-            send.send_nowait(_Finished(name, report, outputs))
+            gen = self.generators.get(name)
+            if gen is not None:
+                report, complete = await self.run.run_eval(prepared, gen, self)
+            else:
+                report, complete = await self.run.run_job(prepared, self.jobs[name], self)
+            send.send_nowait(_Finished(name, report, complete))
 
         try:
             async with trio.open_nursery() as nursery:
@@ -604,14 +749,20 @@ class _Scheduler:
                         break
                     message = await receive.receive()
                     if isinstance(message, _Finished):
-                        self._finish(message.name, message.report, message.outputs)
+                        self._finish(message.name, message.report, message.complete)
         finally:
             self.run.wakeups = None
+        if any(node.status is None for node in self.state.jobs.values()):
+            self.cancel_unstarted(self.stopped or UNRESOLVED_GROUP_REASON)
 
-    def _finish(self, name: str, report: JobReport, outputs: Mapping[str, Any] | None) -> None:
+    def _finish(self, name: str, report: JobReport, complete: JobComplete | None) -> None:
         self.running.discard(name)
-        if outputs is not None:
-            self.outputs[name] = outputs
+        gen = self.generators.get(name)
+        if gen is not None:
+            self._finish_eval(gen, report, complete)
+            return
+        if complete is not None and complete.outputs is not None:
+            self.outputs[name] = complete.outputs
         self._record(report)
         status = {
             "success": JobStatus.SUCCESS,
@@ -620,5 +771,116 @@ class _Scheduler:
         }.get(report.status, JobStatus.FAILED)
         self.state, outcome = apply_terminal(self.state, name, status)
         self._absorb(outcome)
+        planned = self.jobs.get(name)
+        if planned is not None and complete is not None and complete.generated_job_names is not None:
+            self._drop_drifted(planned, complete.generated_job_names)
         if report.status == "failure" and not self.run.options.keep_going:
             self.cancel_unstarted(FAILED_TO_START_REASON)
+
+    # -- dynamic jobs
+
+    def _upstream_names(self) -> set[str]:
+        """What a generated job may need: the run's jobs and fan-out bases."""
+        bases = {node.base_job_name for node in self.state.jobs.values() if node.base_job_name}
+        return set(self.state.jobs) | {b for b in bases if b is not None}
+
+    def snapshot(self, gen: Generator) -> Any:
+        """The frozen upstream snapshot of a result-aware evaluation (EXE-20), taken at dispatch."""
+        upstreams = [edge.upstream for edge in self.state.edges_of(gen.name)]
+        statuses = {u: str(status) for u in upstreams if (status := self.state.jobs[u].status) is not None}
+        groups = {
+            need.group: [n for n, node in self.state.jobs.items() if node.group_name == need.group]
+            for need in gen.needs
+            if isinstance(need, GroupNeed)
+        }
+        fanouts = {
+            need.name: children
+            for need in gen.needs
+            if isinstance(need, NameNeed)
+            and (children := [n for n, node in self.state.jobs.items() if node.base_job_name == need.name])
+        }
+        flat = {self.jobs[u].base for u in upstreams if u in self.jobs and is_flat(self.jobs[u].job)}
+        outputs = {u: self.outputs.get(u) for u in upstreams}
+        return freeze_snapshot(outputs, statuses, groups=groups, fanouts=fanouts, flat=flat)
+
+    def _finish_eval(self, gen: Generator, report: JobReport, complete: JobComplete | None) -> None:
+        if report.status == "success" and complete is not None:
+            origin_needs = self.views.get(gen.name)
+            try:
+                jobs = parse_generated_jobs(
+                    list(complete.dynamic_jobs or ()),
+                    existing=set(self.state.jobs),
+                    upstreams=self._upstream_names(),
+                )
+                origin = Origin(
+                    index=gen.index,
+                    group=gen.group,
+                    result_aware=gen.result_aware,
+                    expected=tuple(job.name for job in jobs),
+                    needs=origin_needs,
+                )
+                members: list[PlannedJob] = []
+                specs = []
+                for job in jobs:
+                    children, spec = plan_generated(job, origin)
+                    members.extend(children)
+                    specs.append(spec)
+                resolved_state, resolved = resolve_group_edges(self.state, gen.tag, specs)
+            except (DynamicEvalError, DuplicateJobError, InvalidNeedError) as exc:
+                report = attrs.evolve(report, status="failure", error=self.run.masker.mask(str(exc)))
+            else:
+                for member in members:
+                    self.jobs[member.name] = member
+                at = self.order.index(gen.name) + 1 if gen.name in self.order else len(self.order)
+                self.order[at:at] = [m.name for m in members if m.name not in self.order]
+                self._record(report)
+                self.state, done = apply_terminal(resolved_state, gen.name, JobStatus.SUCCESS)
+                self._absorb(resolved)
+                self._absorb(done)
+                return
+        self._record(report)
+        failed = report.status != "cancelled"
+        self.state, outcome = apply_terminal(
+            self.state, gen.name, JobStatus.FAILED if failed else JobStatus.CANCELLED
+        )
+        self._absorb(outcome)
+        if not failed:
+            return
+        reason = f"{DYNAMIC_EVAL}: {report.error or 'the evaluation failed'}"
+        at = self.order.index(gen.name) + 1 if gen.name in self.order else len(self.order)
+        self.order.insert(at, eval_failed_job_name(gen.index))
+        self.state, outcome = fail_group_eval(self.state, gen.index, gen.group, reason)
+        self._absorb(outcome)
+        if not self.run.options.keep_going:
+            self.cancel_unstarted(FAILED_TO_START_REASON)
+
+    def _drop_drifted(self, planned: PlannedJob, actual: Sequence[str]) -> None:
+        """The determinism guard's verdict (EXE-19): dropped siblings that have not started become
+        ``drift_dropped``; their dependents skip and the run fails."""
+        if planned.origin is None:
+            return
+        verdict = determinism_guard(planned.origin.expected, actual, planned.base)
+        if verdict.verdict is not GuardVerdict.WARN:
+            return
+        dropped = set(verdict.dropped)
+        targets = {
+            name: JobStatus.DRIFT_DROPPED
+            for name, job in self.jobs.items()
+            if job.base in dropped
+            and job.origin is not None
+            and job.origin.index == planned.origin.index
+            and name not in self.running
+            and name in self.state.jobs
+            and self.state.jobs[name].status is None
+        }
+        if not targets:
+            return
+        self.ready = deque(name for name in self.ready if name not in targets)
+        self.state, outcome = apply_terminals(self.state, targets)
+        for name in targets:
+            self._record(
+                JobReport(
+                    name=name, status="failure", error=DRIFT_DROPPED_REASON, matrix_values=self._matrix(name)
+                )
+            )
+        self._absorb(outcome)

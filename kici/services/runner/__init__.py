@@ -2,6 +2,8 @@
 
 One process per job. It speaks newline-delimited JSON over an inherited socket: ``ready`` ->
 ``execute`` -> ``step.start`` / ``log.line`` / ``step.complete`` ... -> ``job.complete`` -> exit 0.
+The same process evaluates job generators and dynamic values (``execute`` with ``mode: dynamic`` /
+``mode: init``, :mod:`kici.services.runner.dynamic`).
 
 Standard library only (D1): the runner starts once per job, inside bwrap, and importing trio, attrs or
 cattrs would cost more than the interpreter itself. The one exception is a user's ``async def`` step,

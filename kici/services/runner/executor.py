@@ -1,6 +1,8 @@
 """One job, phases 3-6 of 10 §4 inside the runner: load, rules, matrix, step loop, completion hooks.
 
-The result is the ``job.complete`` message. Every text that leaves the runner — log lines, step and job
+The result is the ``job.complete`` message. The special job types of 10 §4 (``mode: dynamic`` /
+``mode: init`` evaluations) and a generated job's re-evaluation are in :mod:`.dynamic`; they share this
+class's channel, capture and masking. Every text that leaves the runner — log lines, step and job
 errors, outputs — goes through the job's ``Masker`` first (SEC-15).
 
 Choices where the spec is silent:
@@ -32,9 +34,10 @@ from kici.sdk.rules import Fanout
 from kici.services.runner import hooks as hook_rules
 from kici.services.runner.cancel import DEFAULT_GRACE_S, JobControl
 from kici.services.runner.capture import PREPARE_INDEX, Capture, LogRouter
+from kici.services.runner.dynamic import EvaluationError, evaluate, regenerate
 from kici.services.runner.envstore import JobEnv
 from kici.services.runner.ipc import Channel
-from kici.services.runner.loader import LoadError, check_content_hash, load_job
+from kici.services.runner.loader import LoadedJob, LoadError, check_content_hash, find_job, load_workflow
 from kici.services.runner.outputs import OutputStore, build_needs
 from kici.services.runner.runtime import JobState, Requests
 from kici.services.runner.shell import ProcessTracker
@@ -98,6 +101,7 @@ class JobRun:
         self.records: list[StepRecord] = []
         self.rule_results: list[dict[str, Any]] | None = None
         self.job_state: JobState | None = None
+        self.extra: dict[str, Any] = {}
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -105,7 +109,10 @@ class JobRun:
         self.router.emit_text(PREPARE_INDEX, text)
 
     def snapshot(self, status: str, error: str | None) -> dict[str, Any]:
-        """A ``job.complete`` from what is known now (also used by a force abort mid-step)."""
+        """A ``job.complete`` from what is known now (also used by a force abort mid-step).
+
+        ``extra`` carries what an evaluation adds (``dynamicJobs``, ``initResult``, ``droppedJobs`` ...).
+        """
         message: dict[str, Any] = {
             "type": "job.complete",
             "status": status,
@@ -125,6 +132,7 @@ class JobRun:
                 message["secretOutputs"] = dict(self.job_state.secret_outputs)
         if self.rule_results is not None:
             message["ruleResults"] = self.rule_results
+        message.update(self.extra)
         return message
 
     # --- the job ----------------------------------------------------------------------------------
@@ -141,28 +149,90 @@ class JobRun:
             self.capture.uninstall()
             shutil.rmtree(self.scratch, ignore_errors=True)
 
+    def _state(self, outputs: OutputStore) -> JobState:
+        env = JobEnv(
+            {**_base_env(), **{str(k): str(v) for k, v in (self.request.get("env") or {}).items()}},
+            protected=self.secrets.keys(),
+            warn=self.log,
+        )
+        return JobState(
+            channel=self.channel,
+            router=self.router,
+            masker=self.masker,
+            env=env,
+            outputs=outputs,
+            control=self.control,
+            tracker=self.tracker,
+            requests=self.requests,
+            workspace=self.workspace,
+            scratch=self.scratch,
+            secrets=self.secrets,
+        )
+
+    def _config(
+        self, workflow_name: str, job_name: str, job: Any, step_count: int, timeout_ms: int | None
+    ) -> JobConfig:
+        request = self.request
+        step_timeout_ms = request.get("defaultStepTimeoutMs") or DEFAULT_STEP_TIMEOUT_MS
+        return JobConfig(
+            workflow_name=workflow_name,
+            job_name=request.get("jobDisplayName") or job_name,
+            run_mode=request.get("runMode") or "apply",
+            default_step_timeout_s=step_timeout_ms / 1000,
+            job_deadline=None if timeout_ms is None else self.started + timeout_ms / 1000,
+            job_timeout_ms=timeout_ms,
+            matrix=request.get("matrix"),
+            event=Event.from_json(request.get("event")),
+            dispatch_inputs=request.get("dispatchInputs") or {},
+            needs=build_needs(
+                request.get("upstreamJobOutputs") or {}, request.get("upstreamJobStatuses") or {}
+            ),
+            fanout=Fanout(int(request.get("fanoutIndex") or 0), int(request.get("fanoutTotal") or 1)),
+            provider=request.get("provider"),
+            is_test_run=bool(request.get("isTestRun")),
+            runs_on=getattr(job, "runs_on", None),
+            before_step=getattr(job, "before_step", None),
+            after_step=getattr(job, "after_step", None),
+            step_count=step_count,
+        )
+
+    def _evaluation_driver(self, workflow: Any) -> StepDriver:
+        """A driver for user code that runs outside any step of the job (evaluations, re-evaluations)."""
+        grace = self.request.get("gracePeriodS")
+        if grace is not None:
+            self.control.grace_s = float(grace)
+        self.job_state = self._state(OutputStore({}, {}, {}, {}))
+        name = str(self.request.get("jobName") or "")
+        return StepDriver(self.job_state, self._config(workflow.name, name, None, 1, None), self.capture)
+
+    def _load(self) -> tuple[Any, LoadedJob | None]:
+        """The workflow, and the static job unless the request is an evaluation or a generated job."""
+        request = self.request
+        workflow_file = str(request.get("workflowFile") or "")
+        if request.get("contentHash"):
+            check_content_hash(
+                self.workspace / workflow_file,
+                self.workspace,
+                str(request["contentHash"]),
+                request.get("resolvedHashFiles"),
+            )
+        workflow = load_workflow(
+            self.workspace,
+            workflow_file,
+            request.get("kiciDir") or ".kici",
+            export=request.get("workflowExport"),
+            workflow_name=request.get("workflowName"),
+        )
+        if (request.get("mode") or "job") != "job" or isinstance(request.get("dynamic"), dict):
+            return workflow, None
+        return workflow, find_job(workflow, str(request.get("jobName") or ""))
+
     def _run(self) -> dict[str, Any]:
         request = self.request
         if self.control.aborted:
             return self.snapshot("cancelled", self.control.reason)
-        kici_dir = request.get("kiciDir") or ".kici"
-        workflow_file = str(request.get("workflowFile") or "")
         try:
-            if request.get("contentHash"):
-                check_content_hash(
-                    self.workspace / workflow_file,
-                    self.workspace,
-                    str(request["contentHash"]),
-                    request.get("resolvedHashFiles"),
-                )
-            loaded = load_job(
-                self.workspace,
-                workflow_file,
-                kici_dir,
-                str(request.get("jobName") or ""),
-                export=request.get("workflowExport"),
-                workflow_name=request.get("workflowName"),
-            )
+            workflow, found = self._load()
         except LoadError as exc:
             self.log(f"[kici] {exc}")
             return self.snapshot("failed", str(exc))
@@ -171,6 +241,18 @@ class JobRun:
             return self.snapshot(
                 "failed", f"Failed to load workflow file module: {type(exc).__name__}: {exc}"
             )
+        mode = request.get("mode") or "job"
+        if mode in ("dynamic", "init"):
+            return evaluate(self, self._evaluation_driver(workflow), workflow, mode)
+        if found is None:
+            target = str(request.get("jobName") or "")
+            try:
+                again = regenerate(self, self._evaluation_driver(workflow), workflow, target)
+            except EvaluationError as exc:
+                self.log(f"[kici] {exc}")
+                return self.snapshot("cancelled" if exc.cancelled else "failed", str(exc))
+            found = LoadedJob(workflow, workflow.name, again.job, target, again.names)
+        loaded = found
 
         job = loaded.job
         grace = request.get("gracePeriodS")
@@ -187,46 +269,8 @@ class JobRun:
         outputs = OutputStore(
             request.get("upstreamJobOutputs") or {}, step_names, loaded.job_names, functions
         )
-        env = JobEnv(
-            {**_base_env(), **{str(k): str(v) for k, v in (request.get("env") or {}).items()}},
-            protected=self.secrets.keys(),
-            warn=self.log,
-        )
-        self.job_state = JobState(
-            channel=self.channel,
-            router=self.router,
-            masker=self.masker,
-            env=env,
-            outputs=outputs,
-            control=self.control,
-            tracker=self.tracker,
-            requests=self.requests,
-            workspace=self.workspace,
-            scratch=self.scratch,
-            secrets=self.secrets,
-        )
-        step_timeout_ms = request.get("defaultStepTimeoutMs") or DEFAULT_STEP_TIMEOUT_MS
-        config = JobConfig(
-            workflow_name=loaded.workflow_name,
-            job_name=request.get("jobDisplayName") or loaded.job_name,
-            run_mode=request.get("runMode") or "apply",
-            default_step_timeout_s=step_timeout_ms / 1000,
-            job_deadline=None if timeout_ms is None else self.started + timeout_ms / 1000,
-            job_timeout_ms=timeout_ms,
-            matrix=request.get("matrix"),
-            event=Event.from_json(request.get("event")),
-            dispatch_inputs=request.get("dispatchInputs") or {},
-            needs=build_needs(
-                request.get("upstreamJobOutputs") or {}, request.get("upstreamJobStatuses") or {}
-            ),
-            fanout=Fanout(int(request.get("fanoutIndex") or 0), int(request.get("fanoutTotal") or 1)),
-            provider=request.get("provider"),
-            is_test_run=bool(request.get("isTestRun")),
-            runs_on=job.runs_on,
-            before_step=job.before_step,
-            after_step=job.after_step,
-            step_count=len(flat),
-        )
+        self.job_state = self._state(outputs)
+        config = self._config(loaded.workflow_name, loaded.job_name, job, len(flat), timeout_ms)
         driver = StepDriver(self.job_state, config, self.capture)
 
         rules = tuple(loaded.workflow.rules) + tuple(job.rules)

@@ -86,16 +86,15 @@ class LoadedJob:
     job_names: dict[int, str]
 
 
-def load_job(
+def load_workflow(
     repo_root: Path,
     workflow_file: str,
     kici_dir: str,
-    job_name: str,
     *,
     export: str | None = None,
     workflow_name: str | None = None,
-) -> LoadedJob:
-    """Import ``workflow_file`` (repo-relative) and find the workflow and the job by lock name."""
+) -> Any:
+    """Import ``workflow_file`` (repo-relative) and pick the workflow by export, else by name."""
     path = (repo_root / workflow_file).resolve()
     if not path.is_file():
         raise LoadError(f"workflow file not found: {workflow_file}")
@@ -112,12 +111,31 @@ def load_job(
         wanted = export or workflow_name or "<unspecified>"
         available = ", ".join(f"{attr} ({wf.name})" for attr, wf in found) or "none"
         raise LoadError(f"workflow {wanted} not found in {workflow_file} (available: {available})")
-    names = job_names(chosen)
+    return chosen
+
+
+def find_job(workflow: Any, job_name: str) -> LoadedJob:
+    """The static job of ``workflow`` that the lock calls ``job_name``."""
+    names = job_names(workflow)
     for name, job in names:
         if name == job_name:
-            return LoadedJob(chosen, chosen.name, job, name, {id(j): n for n, j in names})
+            return LoadedJob(workflow, workflow.name, job, name, {id(j): n for n, j in names})
     available = ", ".join(name for name, _ in names) or "none"
-    raise LoadError(f"job '{job_name}' not found in workflow '{chosen.name}' (jobs: {available})")
+    raise LoadError(f"job '{job_name}' not found in workflow '{workflow.name}' (jobs: {available})")
+
+
+def load_job(
+    repo_root: Path,
+    workflow_file: str,
+    kici_dir: str,
+    job_name: str,
+    *,
+    export: str | None = None,
+    workflow_name: str | None = None,
+) -> LoadedJob:
+    """Import ``workflow_file`` (repo-relative) and find the workflow and the job by lock name."""
+    workflow = load_workflow(repo_root, workflow_file, kici_dir, export=export, workflow_name=workflow_name)
+    return find_job(workflow, job_name)
 
 
 __all__ = [
@@ -126,6 +144,8 @@ __all__ = [
     "LoadedJob",
     "asset_digest",
     "check_content_hash",
+    "find_job",
     "load_job",
+    "load_workflow",
     "workflow_content_hash",
 ]

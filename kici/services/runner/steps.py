@@ -262,7 +262,7 @@ class StepDriver:
             job_timeout_message=self.job_timeout_message(),
         )
         self.job.control.release(token)
-        self._log_traceback(index, result)
+        self.log_traceback(index, result)
         record = StepRecord(name, index, result.status, result.duration_ms, result.error, result.exit_code)
         self.send_complete(record, step_type=step_type, accessed=runtime.accessed)
         return None if result.status == "success" else (result.error or result.status)
@@ -396,7 +396,7 @@ class StepDriver:
                 self._active_tokens.pop(index, None)
             self.job.control.release(token)
             accessed |= runtime.accessed
-            self._log_traceback(index, result)
+            self.log_traceback(index, result)
             if result.status == "success" or result.kind in (CANCEL, JOB_TIMEOUT) or attempt == attempts:
                 return result
             if not self._should_retry(retry, result, index):
@@ -410,7 +410,7 @@ class StepDriver:
                 return interrupted
         return result
 
-    def _log_traceback(self, index: int, result: UnitOutcome) -> None:
+    def log_traceback(self, index: int, result: UnitOutcome) -> None:
         """A user exception's traceback goes to the step log (masked); a ``ShellError`` already streamed."""
         exc = result.exception
         if exc is not None and not isinstance(exc, ShellError):

@@ -189,6 +189,14 @@ def test_tool_variables_and_foreign_variables_are_accepted() -> None:
     assert load_orchestrator_config(None, env).warnings == ()
 
 
+@pytest.mark.feature("OPS-01", "EXE-23")
+def test_a_daemon_started_inside_a_step_ignores_the_step_env_files() -> None:
+    env = {**INDEPENDENT, "KICI_ENV": "/tmp/kici-runner-x/env-3", "KICI_PATH": "/tmp/kici-runner-x/path-3"}
+    loaded = load_orchestrator_config(None, env)
+    assert loaded.warnings == ()
+    assert load_orchestrator_config(None, {**INDEPENDENT, "KICI_RUNTIME_ENV": "production"}).config.server.env
+
+
 @pytest.mark.feature("OPS-01")
 def test_families_are_collected_and_validated() -> None:
     env = {

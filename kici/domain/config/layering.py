@@ -63,7 +63,8 @@ ORCHESTRATOR_KEYS: tuple[Key, ...] = (
     _k("server.port", "server.port", "KICI_PORT", "KICI_SERVER_PORT"),
     _k("server.base_path", "server.basePath", "KICI_BASE_PATH", "KICI_SERVER_BASE_PATH"),
     _k("server.tls_cert_path", "server.tlsCertPath", "KICI_SERVER_TLS_CERT_PATH"),
-    _k("server.env", "server.env", "KICI_ENV"),
+    # Not KICI_ENV (50 §9): that name is the step env-delta file the runner sets in every step (EXE-23).
+    _k("server.env", "server.env", "KICI_RUNTIME_ENV"),
     # logging
     _k("logging.level", "server.logLevel", "KICI_LOG_LEVEL", "KICI_SERVER_LOG_LEVEL"),
     _k("logging.format", "logging.format", "KICI_LOG_FORMAT"),

@@ -40,6 +40,9 @@ TOOL_NAMES = frozenset(
         "KICI_SPEC_DIR",
         "KICI_PYTHON",
         "KICI_TEST_WORKERS",
+        # Set by the runner inside every step (EXE-23): a daemon started from a step inherits them.
+        "KICI_ENV",
+        "KICI_PATH",
     }
 )
 DEPRECATED_NAMES: Mapping[Tier, frozenset[str]] = {

@@ -60,6 +60,7 @@ def _k(attr: str, yaml: str, *env: str) -> Key:
 ORCHESTRATOR_KEYS: tuple[Key, ...] = (
     # server
     _k("server.mode", "instance.mode", "KICI_MODE", "KICI_INSTANCE_MODE"),
+    _k("server.host", "server.host", "KICI_SERVER_HOST"),
     _k("server.port", "server.port", "KICI_PORT", "KICI_SERVER_PORT"),
     _k("server.base_path", "server.basePath", "KICI_BASE_PATH", "KICI_SERVER_BASE_PATH"),
     _k("server.tls_cert_path", "server.tlsCertPath", "KICI_SERVER_TLS_CERT_PATH"),

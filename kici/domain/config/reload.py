@@ -6,11 +6,14 @@ applies every other change, and lists the held-back ones for the log line
 ``Config fields changed but require restart to apply: [...]``.
 
 Restart-only leaves of the orchestrator are the spec's four (``database.url``, ``server.port``, the
-instance id and the whole ``storage`` group) plus two it is silent on, for the same reason: the data
-directory (it holds the embedded PostgreSQL and the worker outbox) and the cluster role (it decides
-which subsystems exist at all, 50 §1). The agent has no reload in the spec; should it get one, its
-connection identity, labels and roles (sent once at registration), port and data directory are
-restart-only.
+instance id and the whole ``storage`` group) plus three it is silent on, for the same reason: the
+listening address (``server.host``), the data directory (it holds the embedded PostgreSQL and the
+worker outbox) and the cluster role (it decides which subsystems exist at all, 50 §1). The agent has
+no reload in the spec; should it get one, its connection identity, labels and roles (sent once at
+registration), port and data directory are restart-only.
+
+Structured sections (the orchestrator's ``sources:``) are reloadable: a changed section is listed
+with the applied changes and the caller rebuilds what depends on it (the provider registry).
 """
 
 from collections.abc import Mapping
@@ -19,11 +22,19 @@ from typing import Generic
 import attrs
 
 from kici.domain.config.layering import TABLES, TierTable
-from kici.domain.config.schema import AgentConfig, ConfigT, OrchestratorConfig, get_leaf, with_leaves
+from kici.domain.config.schema import (
+    AgentConfig,
+    ConfigT,
+    OrchestratorConfig,
+    get_leaf,
+    section_names,
+    with_leaves,
+)
 
 RESTART_REQUIRED: Mapping[type, tuple[str, ...]] = {
     OrchestratorConfig: (
         "database.url",
+        "server.host",
         "server.port",
         "cluster.instance_id",
         "storage",
@@ -82,4 +93,7 @@ def plan_reload(old: ConfigT, new: ConfigT) -> ReloadPlan[ConfigT]:
             held_names.append(names.get(attr, attr))
         else:
             applied.append(names.get(attr, attr))
+    for attr, yaml_key in section_names(type(old)).items():
+        if getattr(old, attr) != getattr(new, attr):
+            applied.append(yaml_key)
     return ReloadPlan(with_leaves(new, held), tuple(held_names), tuple(applied))

@@ -15,6 +15,8 @@ Choices where the spec is silent or where the house plan overrides it:
 * The agent link's heartbeat, reconnect cap and buffer sizes (20 §17) have no ``KICI_*`` name in
   the spec; they are YAML-only so tests and unusual networks can tune them.
 * ``port`` 0 is allowed: the server binds any free port (tests, several tiers on one host).
+* ``server.host`` (``KICI_SERVER_HOST``, not in the spec) is the address the orchestrator listens
+  on, every interface by default; tests and single-host setups set ``127.0.0.1``.
 """
 
 import re
@@ -25,9 +27,14 @@ from typing import Any, TypeVar, Union, cast, get_args, get_origin
 
 import attrs
 
+from kici.domain.config.sources import SourceConfig
+
 T = TypeVar("T")
 
 CONSTRAINTS = "kici.config"
+SECTION = "kici.config.section"
+"""Field metadata of a structured section (a list of settings blocks, read by its own parser): it is
+not a leaf, has no env name, and is carried whole through layering and reloads."""
 MAX_PORT = 65_535
 
 
@@ -143,6 +150,7 @@ WS_URL = limits(url_schemes=WS_SCHEMES)
 @attrs.frozen
 class ServerConfig:
     mode: Mode = Mode.PLATFORM
+    host: str = "0.0.0.0"
     port: int = attrs.field(default=4000, metadata=limits(minimum=0, maximum=MAX_PORT))
     base_path: str = attrs.field(
         default="/", metadata=limits(pattern=r"^/", pattern_hint="a path starting with /")
@@ -353,6 +361,7 @@ class OrchestratorConfig:
     agent_env: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     deploy: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     cold_store: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    sources: tuple[SourceConfig, ...] = attrs.field(default=(), metadata={SECTION: "sources"})
 
 
 # --- agent --------------------------------------------------------------------------------------
@@ -505,6 +514,11 @@ def _is_group(annotation: object) -> bool:
     return isinstance(annotation, type) and attrs.has(annotation)
 
 
+def section_names(cls: type) -> dict[str, str]:
+    """The structured sections of a config class: attribute name -> YAML key (top level only)."""
+    return {field.name: field.metadata[SECTION] for field in attrs.fields(cls) if SECTION in field.metadata}
+
+
 def schema_leaves(cls: type) -> dict[str, SchemaLeaf]:
     """Every leaf of a config class by attribute path (``server.port``), in declaration order."""
     out: dict[str, SchemaLeaf] = {}
@@ -512,6 +526,8 @@ def schema_leaves(cls: type) -> dict[str, SchemaLeaf]:
     def walk(klass: type, prefix: str) -> None:
         for field in attrs.fields(klass):
             path = f"{prefix}{field.name}"
+            if SECTION in field.metadata:
+                continue
             if _is_group(field.type):
                 walk(cast(type, field.type), f"{path}.")
                 continue
@@ -534,7 +550,7 @@ def get_leaf(config: object, attr: str) -> object:
 
 
 def build(cls: type[ConfigT], values: Mapping[str, object]) -> ConfigT:
-    """A config tree from leaf values by attribute path; missing leaves keep their defaults."""
+    """A config tree from leaf (and section) values by attribute path; missing ones keep their defaults."""
 
     def make(klass: type, prefix: str) -> Any:
         kwargs: dict[str, Any] = {}
@@ -552,6 +568,7 @@ def build(cls: type[ConfigT], values: Mapping[str, object]) -> ConfigT:
 def with_leaves(config: ConfigT, values: Mapping[str, object]) -> ConfigT:
     """``config`` with the leaves in ``values`` replaced; every other leaf is kept as is."""
     current = {attr: get_leaf(config, attr) for attr in schema_leaves(type(config))}
+    current.update({name: getattr(config, name) for name in section_names(type(config))})
     return build(type(config), {**current, **values})
 
 

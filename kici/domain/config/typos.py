@@ -26,6 +26,7 @@ from typing import Any
 
 from kici.domain.config.layering import TABLES, Tier, TierTable
 from kici.domain.config.problems import Problem, YamlSource, describe
+from kici.domain.config.schema import section_names
 
 ENV_PREFIX = "KICI_"
 TOOL_NAMES = frozenset(
@@ -135,6 +136,7 @@ def check_yaml_keys(
     problems: list[Problem] = []
     warnings: list[Problem] = []
     leaves, groups = table.yaml_paths, table.yaml_groups
+    sections = frozenset(section_names(table.config_class).values())
 
     def walk(node: Mapping[Any, Any], prefix: str) -> None:
         for name, value in node.items():
@@ -145,7 +147,7 @@ def check_yaml_keys(
                 )
                 continue
             path = f"{prefix}{name}"
-            if path in leaves:
+            if path in leaves or (not prefix and path in sections):
                 continue
             if path in DEPRECATED_YAML[table.tier]:
                 warnings.append(Problem(yaml.where(path), LEASE_NOTE, LEASE_FIX))
@@ -198,12 +200,17 @@ def _family_problems(table: TierTable, name: str) -> list[Problem]:
     return []
 
 
-def check_env_names(table: TierTable, env: Mapping[str, str]) -> tuple[list[Problem], list[Problem]]:
-    """(errors, warnings) about the ``KICI_*`` names present in ``env``."""
+def check_env_names(
+    table: TierTable, env: Mapping[str, str], referenced: frozenset[str] = frozenset()
+) -> tuple[list[Problem], list[Problem]]:
+    """(errors, warnings) about the ``KICI_*`` names present in ``env``.
+
+    ``referenced`` are names the config itself points at (a source's ``secretEnv``): known by design.
+    """
     errors: list[Problem] = []
     warnings: list[Problem] = []
     dev = is_truthy(env.get("KICI_DEV"))
-    known = set(table.env_names) | TOOL_NAMES
+    known = set(table.env_names) | TOOL_NAMES | referenced
     stems = {name[len(ENV_PREFIX) :]: name for name in known if name.startswith(ENV_PREFIX)}
     candidates = sorted(stems)
     for name in sorted(env):

@@ -15,9 +15,11 @@ import attrs
 
 from kici.domain.config.checks import AGENT_CHECKS, ORCHESTRATOR_CHECKS, CheckContext, CrossProblem
 from kici.domain.config.coerce import BadValue, coerce, expected
-from kici.domain.config.layering import TABLES, Source, Sourced, Tier, TierTable, layer
+from kici.domain.config.layering import TABLES, Source, Sourced, Tier, TierTable, layer, lookup
 from kici.domain.config.problems import ConfigError, Problem, YamlSource, where_set
 from kici.domain.config.schema import AgentConfig, ConfigT, OrchestratorConfig, build
+from kici.domain.config.source_checks import SECTION as SOURCES_SECTION
+from kici.domain.config.source_checks import SourcesSection, read_sources
 from kici.domain.config.typos import check_env_names, check_yaml_keys
 
 SHARED = YamlSource("shared config")
@@ -73,8 +75,12 @@ def _load(
     env: Mapping[str, str],
     yaml: YamlSource,
     shared_tree: Mapping[str, Any] | None,
+    sources: SourcesSection | None = None,
 ) -> Loaded[ConfigT]:
-    errors, warnings = check_env_names(table, env)
+    referenced = sources.env_names if sources is not None else frozenset()
+    errors, warnings = check_env_names(table, env, referenced)
+    if sources is not None:
+        errors += sources.problems
     for tree, source in ((yaml_tree, yaml), (shared_tree, SHARED)):
         key_errors, key_warnings = check_yaml_keys(table, tree, source)
         errors += key_errors
@@ -93,6 +99,8 @@ def _load(
     errors += value_problems
     for family in table.families:
         values[family.attr] = dict(layered.families[family.attr])
+    if sources is not None:
+        values["sources"] = sources.sources
     config = build(cls, values)
     ctx = CheckContext(table, layered.leaves, yaml)
     for check in checks:
@@ -110,8 +118,15 @@ def load_orchestrator_config(
     yaml: YamlSource = NO_FILE,
     shared_tree: Mapping[str, Any] | None = None,
 ) -> Loaded[OrchestratorConfig]:
-    """The orchestrator's config from defaults < shared < YAML < env, or :class:`ConfigError`."""
+    """The orchestrator's config from defaults < shared < YAML < env, or :class:`ConfigError`.
+
+    ``sources:`` is a YAML-only section (:mod:`kici.domain.config.source_checks`): it is taken from
+    the file, else from the shared layer, whole; env never overrides it.
+    """
     table = TABLES[Tier.ORCHESTRATOR]
+    raw_sources, where = lookup(yaml_tree, SOURCES_SECTION), yaml
+    if raw_sources is None:
+        raw_sources, where = lookup(shared_tree, SOURCES_SECTION), SHARED
     return _load(
         table,
         OrchestratorConfig,
@@ -120,6 +135,7 @@ def load_orchestrator_config(
         env=env,
         yaml=yaml,
         shared_tree=shared_tree,
+        sources=read_sources(raw_sources, where, env),
     )
 
 

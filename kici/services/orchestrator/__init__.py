@@ -1,0 +1,1 @@
+"""The orchestrator service: the execution brain (``execution``) and the front door built around it."""

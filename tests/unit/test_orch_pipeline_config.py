@@ -164,3 +164,17 @@ def test_a_reload_applies_changed_sources_and_lists_them() -> None:
     assert plan.apply.sources == new.sources
     assert "sources" in plan.applied_changes
     assert plan_reload(old, old).applied_changes == ()
+
+
+@pytest.mark.feature("OPS-01", "HOOK-07")
+def test_a_github_enterprise_source_reads_its_api_and_web_bases() -> None:
+    entry = {
+        "name": "ghes",
+        "provider": "github",
+        "appId": 42,
+        "secret": "s",
+        "apiBaseUrl": "https://ghe.example/api/v3",
+        "webBaseUrl": "https://ghe.example",
+    }
+    (source,) = load([entry]).sources
+    assert (source.api_base_url, source.web_base_url) == ("https://ghe.example/api/v3", "https://ghe.example")

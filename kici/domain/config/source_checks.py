@@ -9,7 +9,7 @@ YAML shape (camelCase keys, one list entry per source)::
         secret: s3cret                  # and/or secretEnv: NAME, secretFile: /abs/path (each may be a list)
         gitConfig: {preset: gitea, gitUrlTemplate: "https://git.example/{repo}.git"}
 
-Provider keys: ``github`` -> ``appId`` (required), ``privateKeyFile``, ``apiBaseUrl``; ``local`` ->
+Provider keys: ``github`` -> ``appId`` (required), ``privateKeyFile``, ``apiBaseUrl``, ``webBaseUrl``; ``local`` ->
 ``repoBasePath`` (required, absolute), ``cloneUrlBase``; ``universal-git`` -> ``gitConfig`` (30 §3.2;
 in independent mode a ``credentialRef`` reads from ``store: env`` or ``store: file``, there is no
 secret database); ``generic`` -> ``eventTypeHeader``, ``eventTypePath``. Every non-GitHub source also
@@ -64,7 +64,7 @@ _COMMON: Final = (
 )
 _NON_GITHUB: Final = ("verification", "signatureHeader", "allowlist", "allowedEvents", "strippedHeaders")
 PROVIDER_KEYS: Final[Mapping[SourceProvider, tuple[str, ...]]] = {
-    SourceProvider.GITHUB: (*_COMMON, "appId", "privateKeyFile", "apiBaseUrl"),
+    SourceProvider.GITHUB: (*_COMMON, "appId", "privateKeyFile", "apiBaseUrl", "webBaseUrl"),
     SourceProvider.GENERIC: (*_COMMON, *_NON_GITHUB, "eventTypeHeader", "eventTypePath"),
     SourceProvider.UNIVERSAL_GIT: (*_COMMON, *_NON_GITHUB, "gitConfig"),
     SourceProvider.LOCAL: (*_COMMON, *_NON_GITHUB, "repoBasePath", "cloneUrlBase"),
@@ -297,6 +297,7 @@ def _read_entry(entry: _Entry, env: Mapping[str, str]) -> tuple[SourceConfig | N
         app_id=app_id,
         private_key_file=entry.absolute("privateKeyFile"),
         api_base_url=entry.url("apiBaseUrl", ("http", "https")),
+        web_base_url=entry.url("webBaseUrl", ("http", "https")),
         stripped_headers=entry.texts("strippedHeaders"),
     )
     return source, names

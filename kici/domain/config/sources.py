@@ -126,6 +126,7 @@ class SourceConfig:
     app_id: str | None = None
     private_key_file: str | None = None
     api_base_url: str | None = None
+    web_base_url: str | None = None
     stripped_headers: tuple[str, ...] = attrs.field(default=(), converter=_lower_tuple)
 
     @property

@@ -11,9 +11,10 @@ Bundles per provider (30 §1):
 * ``universal-git``: normalizer, sparse-clone lock fetch, changed files, clone credentials, URLs;
   its ``credentialRef`` reads ``store: env`` (the variable named by ``key``) or ``store: file``;
 * ``generic``: the normalizer only (a generic event has no repository);
-* ``github``: the normalizer only. Deviation: the GitHub REST adapter (installation tokens, contents
-  API, compare/PR files) is not part of this change, so a GitHub source verifies and logs its
-  deliveries but every lock lookup reports ``lockfile_missing``.
+* ``github``: normalizer, contents-API lock fetch, PR/compare changed files, installation-token clone
+  credentials, URLs and collaborator permissions (:mod:`kici.adapters.providers.github`), signed with
+  the key in ``privateKeyFile``; without a key file only the normalizer (deliveries verify and log,
+  lock lookups report ``lockfile_missing``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ import attrs
 import structlog
 import trio
 
+from kici.adapters.providers.github import (
+    DEFAULT_API_BASE_URL,
+    GitHubApp,
+    HttpxClient,
+    github_bundle,
+    key_file_loader,
+)
 from kici.adapters.providers.local import local_bundle
 from kici.adapters.providers.universal_git import SecretReader, universal_git_bundle
 from kici.domain import protocol
@@ -91,7 +99,16 @@ def bundle_for(source: SourceConfig, environ: Mapping[str, str]) -> ProviderBund
     if source.provider is SourceProvider.UNIVERSAL_GIT and source.git is not None:
         return universal_git_bundle(source.generic_source(), source.git, credential_reader(environ))
     if source.provider is SourceProvider.GITHUB:
-        return ProviderBundle(normalizer=GithubNormalizer())
+        if source.app_id is None or source.private_key_file is None:
+            return ProviderBundle(normalizer=GithubNormalizer())
+        app = GitHubApp(
+            source.app_id,
+            key_file_loader(source.private_key_file),
+            HttpxClient(),
+            api_base_url=source.api_base_url or DEFAULT_API_BASE_URL,
+            web_base_url=source.web_base_url,
+        )
+        return github_bundle(app)
     return ProviderBundle(normalizer=GenericNormalizer(source.generic_source()))
 
 

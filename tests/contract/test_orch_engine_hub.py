@@ -184,10 +184,14 @@ async def test_a_good_token_registers_and_the_agent_is_recorded(engine: Engine) 
         assert record is not None
         assert record.status is AgentStatus.CONNECTED
         assert record.labels == ("kici:os:linux", "linux")
+    # The hub forgets the connection first and records the disconnect right after: wait for both.
     with trio.fail_after(WAIT_S):
         while engine.services.hub.connected_count():  # noqa: ASYNC110 - the hub exposes no event
             await trio.sleep(0.02)
-    record = await engine.stores.agents.get_agent("a1")
+        record = await engine.stores.agents.get_agent("a1")
+        while record is not None and record.status is not AgentStatus.DISCONNECTED:
+            await trio.sleep(0.02)
+            record = await engine.stores.agents.get_agent("a1")
     assert record is not None
     assert record.status is AgentStatus.DISCONNECTED
 

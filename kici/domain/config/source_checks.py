@@ -9,8 +9,9 @@ YAML shape (camelCase keys, one list entry per source)::
         secret: s3cret                  # and/or secretEnv: NAME, secretFile: /abs/path (each may be a list)
         gitConfig: {preset: gitea, gitUrlTemplate: "https://git.example/{repo}.git"}
 
-Provider keys: ``github`` -> ``appId`` (required), ``privateKeyFile``, ``apiBaseUrl``, ``webBaseUrl``; ``local`` ->
-``repoBasePath`` (required, absolute), ``cloneUrlBase``; ``universal-git`` -> ``gitConfig`` (30 §3.2;
+Provider keys: ``github`` -> ``appId`` (required), ``privateKeyFile``, ``apiBaseUrl``,
+``webBaseUrl``; ``local`` -> ``repoBasePath`` (required, absolute), ``cloneUrlBase``;
+``universal-git`` -> ``gitConfig`` (30 §3.2;
 in independent mode a ``credentialRef`` reads from ``store: env`` or ``store: file``, there is no
 secret database); ``generic`` -> ``eventTypeHeader``, ``eventTypePath``. Every non-GitHub source also
 takes ``verification``, ``signatureHeader``, ``allowlist``, ``allowedEvents``, ``strippedHeaders``;

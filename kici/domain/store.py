@@ -398,6 +398,15 @@ class ExecutionStore(Protocol):
 
     async def get_job(self, job_id: uuid.UUID) -> JobRecord | None: ...
 
+    async def list_open_runs(self) -> tuple[RunRecord, ...]:
+        """Every run not yet terminal (pending, running, cancelling, held), oldest first.
+
+        The boot sweep needs it: a node that died between a run's last terminal job write and the
+        run's completion leaves an open run that no job event will ever visit again, and a run's
+        workflow deadline lives only in memory, so it must be re-armed from the row.
+        """
+        ...
+
     async def list_jobs(self, run_id: uuid.UUID) -> tuple[JobRecord, ...]:
         """In creation order."""
         ...

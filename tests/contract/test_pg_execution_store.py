@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from kici.adapters.postgres import channels
-from kici.adapters.postgres.database import Connection
+from kici.adapters.postgres.database import Connection, Database
 from kici.domain.execution.machine import InvalidTransitionError
 from kici.domain.execution.needs import (
     STUCK_REASON,
@@ -46,6 +46,7 @@ from kici.domain.store import (
     StepRecord,
 )
 from kici.testing.postgres import PgStores, PgTestDatabase
+from tests.contract.test_orch_engine_hub import running_engine
 
 pytestmark = pytest.mark.pg
 
@@ -613,6 +614,45 @@ async def test_a_run_without_jobs_never_completes(pg_stores: PgStores) -> None:
     run = new_run()
     await pg_stores.execution.create_run(run, [])
     assert await pg_stores.execution.complete_run_if_all_jobs_terminal(run.run_id, later(1)) is None
+
+
+@pytest.mark.feature("EXE-03", "EXE-27")
+async def test_open_runs_are_listed_oldest_first_until_they_complete(pg_stores: PgStores) -> None:
+    older = NewRun(run_id=uuid.uuid4(), workflow_name="ci", created_at=NOW)
+    newer = NewRun(run_id=uuid.uuid4(), workflow_name="ci", created_at=later(5))
+    done = NewRun(run_id=uuid.uuid4(), workflow_name="ci", created_at=later(1))
+    await pg_stores.execution.create_run(newer, [job("a")])
+    await pg_stores.execution.create_run(older, [job("a")])
+    finished = await pg_stores.execution.create_run(done, [job("a")])
+    await pg_stores.execution.apply_run_event(older.run_id, RunEvent.JOB_QUEUED, later(2))
+    await drive(pg_stores, finished.job_ids["a"], *TO_RUNNING, (ExecutionState.RUNNING, Event.SUCCEED))
+    assert await pg_stores.execution.complete_run_if_all_jobs_terminal(done.run_id, later(3)) is not None
+    listed = await pg_stores.execution.list_open_runs()
+    assert [(r.run_id, r.status) for r in listed] == [
+        (older.run_id, RunStatus.RUNNING),
+        (newer.run_id, RunStatus.PENDING),
+    ]
+
+
+@pytest.mark.feature("EXE-03", "EXE-27", "PRO-17")
+async def test_the_startup_sweep_completes_a_run_left_open_by_a_crash(
+    pg_database: PgTestDatabase, pg_db: Database
+) -> None:
+    """The node died after the last job's terminal write and before the run's completion."""
+    stores = PgStores.over(pg_db)
+    left_open = new_run()
+    waiting = NewRun(run_id=uuid.uuid4(), workflow_name="ci", created_at=later(1))
+    created = await stores.execution.create_run(left_open, [job("a"), job("b", "a")])
+    await stores.execution.create_run(waiting, [job("later")])
+    await drive(stores, created.job_ids["a"], *TO_RUNNING, (ExecutionState.RUNNING, Event.SUCCEED))
+    await drive(stores, created.job_ids["b"], *TO_RUNNING, (ExecutionState.RUNNING, Event.SUCCEED))
+    assert [r.run_id for r in await stores.execution.list_open_runs()] == [
+        left_open.run_id,
+        waiting.run_id,
+    ]
+    async with running_engine(pg_database, pg_db) as engine:
+        assert await engine.wait_run(left_open.run_id, RunStatus.SUCCESS) is RunStatus.SUCCESS
+        assert [r.run_id for r in await stores.execution.list_open_runs()] == [waiting.run_id]
 
 
 # -- steps

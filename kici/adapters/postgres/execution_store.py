@@ -186,7 +186,7 @@ WHERE s.status NOT IN ('success', 'failed', 'skipped', 'cancelled')
 RETURNING step_index
 """
 
-_OPEN_RUN_STATUSES = ("success", "failed", "cancelled")
+_TERMINAL_RUN_STATUSES = ("success", "failed", "cancelled")
 
 
 def _duration_ms(started_at: datetime | None, now: datetime) -> int | None:
@@ -529,6 +529,16 @@ class PgExecutionStore:
 
         return await self._db.run(work)
 
+    async def list_open_runs(self) -> tuple[RunRecord, ...]:
+        def work(conn: Connection) -> tuple[RunRecord, ...]:
+            rows = conn.execute(
+                "SELECT * FROM execution_runs WHERE status <> ALL(%s) ORDER BY created_at, id",
+                (list(_TERMINAL_RUN_STATUSES),),
+            ).fetchall()
+            return tuple(_run_record(row) for row in rows)
+
+        return await self._db.run(work)
+
     async def get_job(self, job_id: uuid.UUID) -> JobRecord | None:
         def work(conn: Connection) -> JobRecord | None:
             row = conn.execute("SELECT * FROM execution_jobs WHERE id = %s", (job_id,)).fetchone()
@@ -649,7 +659,7 @@ class PgExecutionStore:
                     JOIN execution_runs r ON r.id = j.run_id
                     WHERE j.status = 'pending' AND NOT j.needs_satisfied AND r.status <> ALL(%s)
                     """,
-                    (list(_OPEN_RUN_STATUSES),),
+                    (list(_TERMINAL_RUN_STATUSES),),
                 ).fetchall()
                 return [row["run_id"] for row in rows]
 
@@ -675,7 +685,7 @@ class PgExecutionStore:
                   AND r.status <> ALL(%(closed)s) AND (%(run)s::uuid IS NULL OR j.run_id = %(run)s::uuid)
                 ORDER BY j.ready_at, j.run_id, j.ordinal
                 """,
-                {"closed": list(_OPEN_RUN_STATUSES), "run": run_id},
+                {"closed": list(_TERMINAL_RUN_STATUSES), "run": run_id},
             ).fetchall()
             return tuple(_job_record(row) for row in rows)
 

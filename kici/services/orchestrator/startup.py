@@ -11,7 +11,11 @@ It runs once at boot, before agents may register and before the first stale scan
    on a never-started job requeues it (tracker);
 3. the needs gate is recomputed for every open run (jobs whose upstreams finished while the node was
    down become ready, or are skipped);
-4. a dispatch pass enqueues every ready job and fills the agents that are already back.
+4. every open run is settled (stuck jobs failed, the run completed if all its jobs are terminal): a node
+   that died between a run's last terminal job write and the run's completion left it open, and no job
+   event will visit it again. Its workflow deadline (EXE-26) is re-armed first, so a run that stays open
+   is still bounded and one that completes here disarms it at once;
+5. a dispatch pass enqueues every ready job and fills the agents that are already back.
 """
 
 from __future__ import annotations
@@ -43,10 +47,15 @@ async def startup_sweep(
     for outcome in outcomes:
         if outcome.changed:
             await tracker.settle(outcome.run_id, outcome)
+    open_runs = await execution.list_open_runs()
+    for run in open_runs:
+        await tracker.watch_run(run.run_id)
+        await tracker.settle(run.run_id, None)
     _log.info(
         "startup sweep done",
         in_flight=len(rows),
         recovering=len(tracker.book.recovering()),
         runs_recomputed=len(outcomes),
+        open_runs=len(open_runs),
     )
     dispatcher.wake()

@@ -18,12 +18,15 @@ from kici.domain.lockfile import (
     with_content_hash,
     workflow_content_hash,
 )
-from tests.strategies.lockfile import lock_files, lock_workflows
+from tests.strategies.lockfile import DECODED_CHARS, lock_files, lock_workflows
 
 
 @pytest.mark.feature("LOCK-10")
 @given(
-    lock_workflows(), st.text(max_size=60), st.none() | st.text(max_size=30), st.text(min_size=1, max_size=5)
+    lock_workflows(),
+    st.text(alphabet=DECODED_CHARS, max_size=60),
+    st.none() | st.text(alphabet=DECODED_CHARS, max_size=30),
+    st.text(alphabet=DECODED_CHARS, min_size=1, max_size=5),
 )
 def test_source_check_passes_iff_the_hash_matches(
     workflow: LockWorkflow, raw: str, digest: str | None, extra: str

@@ -111,6 +111,11 @@ def tuples(
 
 NAMES = ("build", "test", "lint", "deploy", "docs", "pkg-a", "e2e", "release", "a", "x-1", "ci", "nightly")
 names = st.sampled_from(NAMES)
+# Hashed text always comes from ``bytes.decode("utf-8", "surrogateescape")``, so the only surrogates it can
+# hold are the escaped bytes U+DC80..U+DCFF; other lone surrogates cannot reach the hash.
+DECODED_CHARS = st.characters(exclude_categories=("Cs",)) | st.characters(
+    min_codepoint=0xDC80, max_codepoint=0xDCFF
+)
 free_text = st.text(alphabet=st.sampled_from('abc XYZ-_./é€"\\\n\t'), max_size=8)
 words = st.sampled_from(("opened", "created", "deleted", "success", "push", "main", "x"))
 hex64 = st.binary(min_size=1, max_size=8).map(lambda b: hashlib.sha256(b).hexdigest())

@@ -13,6 +13,12 @@ The loop ends for good only when
 - the server closes with a code whose reaction forbids reconnecting (`close_reaction`): 4010, the agent
   token was rejected or revoked (PRO-36), and 4030 for run-observer streams.
 
+Observability (PRO-37): every scheduled reconnect logs ``link reconnect scheduled`` with the keyword
+fields ``link``, ``attempt``, ``delay_ms`` and ``close_code`` / ``close_reason`` (None after a connect
+that never opened, which logs ``connect_error`` instead); the handshake that ends a series logs
+``link registered`` with ``attempts``, the reconnects it took. The same facts reach an optional
+`ReconnectObserver` so a tier can count them in its own metrics without parsing logs.
+
 Everything that must survive a reconnect (outbound rings, the pinned outbox, the correlator) belongs to
 the link object, outside the session that each connection runs in its own nursery.
 """
@@ -20,12 +26,12 @@ the link object, outside the session that each connection runs in its own nurser
 from __future__ import annotations
 
 import enum
-import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
+import structlog
 import trio
 
 from kici.domain.backoff import DEFAULT_MAX_DELAY_MS, ReconnectBackoff
@@ -33,7 +39,7 @@ from kici.domain.ports import ConnectionClosed, WsConnectError, WsConnection, Ws
 from kici.domain.protocol import close_reaction
 from kici.services.connection import ConnectionEnd
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger(__name__)
 
 STOP_REASON: Final = "Client shutdown"
 
@@ -73,6 +79,27 @@ class ConnectFailed:
 Attempt = ConnectionEnd | ConnectFailed
 
 
+@attrs.frozen(kw_only=True)
+class ReconnectScheduled:
+    """One scheduled reconnect: its backoff ``attempt``, the delay drawn, and what ended the last try."""
+
+    link: str
+    attempt: int
+    delay_ms: float
+    close_code: int | None
+    close_reason: str | None
+    connect_error: str | None = None
+
+
+class ReconnectObserver(Protocol):
+    """Told about reconnects (e.g. the agent's metrics); called in the supervisor's task, so keep it quick."""
+
+    def reconnect_scheduled(self, event: ReconnectScheduled) -> None: ...
+
+    def registered(self, link: str, attempts: int) -> None:
+        """The handshake succeeded after ``attempts`` reconnects (0: the first try)."""
+
+
 class Supervisor:
     """Keeps one client link connected; ``await supervisor.run()`` in the link's nursery.
 
@@ -89,12 +116,14 @@ class Supervisor:
         max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
         jitter: Jitter = random.random,
         name: str = "link",
+        observer: ReconnectObserver | None = None,
     ) -> None:
         self._connect = connect
         self._run_session = run_session
         self._jitter = jitter
         self._backoff = ReconnectBackoff(max_ms=max_delay_ms)
         self._name = name
+        self._observer = observer
         self._stopping = False
         self._scope: trio.CancelScope | None = None
         self.state = SupervisorState.CONNECTING
@@ -109,7 +138,11 @@ class Supervisor:
 
     def registered(self) -> None:
         """The link's handshake succeeded: the next reconnect starts again from the first delay."""
+        attempts = self._backoff.attempt
         self._backoff = self._backoff.reset()
+        _log.info("link registered", link=self._name, attempts=attempts)
+        if self._observer is not None:
+            self._observer.registered(self._name, attempts)
 
     def stop(self) -> None:
         """Stop for good: close the current connection with 1000 (or stop waiting) and end `run`."""
@@ -124,26 +157,33 @@ class Supervisor:
                 self.last_attempt = outcome
                 if isinstance(outcome, ConnectionEnd) and not close_reaction(outcome.code).reconnect:
                     _log.error(
-                        "%s: server refused the link for good code=%s reason=%r",
-                        self._name,
-                        outcome.code,
-                        outcome.reason,
+                        "link refused for good",
+                        link=self._name,
+                        close_code=outcome.code,
+                        close_reason=outcome.reason,
                     )
                     self.state = SupervisorState.STOPPED
                     return SupervisorExit(ExitReason.REFUSED, outcome.code, outcome.reason)
                 delay_ms, self._backoff = self._backoff.schedule(self._jitter())
                 self.delays_ms.append(delay_ms)
                 self.state = SupervisorState.WAITING
-                _log.info(
-                    "%s: reconnecting in %.0f ms attempt=%d after=%s",
-                    self._name,
-                    delay_ms,
-                    self._backoff.attempt,
-                    _describe(outcome),
-                )
+                self._scheduled(_scheduled_event(self._name, self._backoff.attempt, delay_ms, outcome))
                 await trio.sleep(delay_ms / 1000.0)
         self.state = SupervisorState.STOPPED
         return SupervisorExit(ExitReason.STOPPED, 1000, STOP_REASON)
+
+    def _scheduled(self, event: ReconnectScheduled) -> None:
+        _log.info(
+            "link reconnect scheduled",
+            link=event.link,
+            attempt=event.attempt,
+            delay_ms=round(event.delay_ms),
+            close_code=event.close_code,
+            close_reason=event.close_reason,
+            connect_error=event.connect_error,
+        )
+        if self._observer is not None:
+            self._observer.reconnect_scheduled(event)
 
     async def _attempt(self) -> Attempt:
         self.state = SupervisorState.CONNECTING
@@ -162,10 +202,19 @@ class Supervisor:
             return ConnectFailed(str(exc))
 
 
-def _describe(outcome: Attempt) -> str:
+def _scheduled_event(link: str, attempt: int, delay_ms: float, outcome: Attempt) -> ReconnectScheduled:
     if isinstance(outcome, ConnectFailed):
-        return f"connect failed: {outcome.detail}"
-    return f"close code={outcome.code} reason={outcome.reason!r} by_peer={outcome.by_peer}"
+        return ReconnectScheduled(
+            link=link,
+            attempt=attempt,
+            delay_ms=delay_ms,
+            close_code=None,
+            close_reason=None,
+            connect_error=outcome.detail,
+        )
+    return ReconnectScheduled(
+        link=link, attempt=attempt, delay_ms=delay_ms, close_code=outcome.code, close_reason=outcome.reason
+    )
 
 
 __all__ = [
@@ -174,6 +223,8 @@ __all__ = [
     "ConnectFailed",
     "ExitReason",
     "Jitter",
+    "ReconnectObserver",
+    "ReconnectScheduled",
     "SessionRunner",
     "Supervisor",
     "SupervisorExit",

@@ -37,6 +37,9 @@ from kici.domain.protocol import (
     AuthSuccess,
     CloseCode,
     ErrorMessage,
+    InFlightJob,
+    JobDispatch,
+    JobState,
     RateLimitWarning,
     RegisterAck,
 )
@@ -45,6 +48,7 @@ from kici.domain.store import AgentStatus, AgentType, CreatedRun, JobRecord, New
 from kici.services.orchestrator.agent_hub import token_hash
 from kici.services.orchestrator.dispatcher import routing_json
 from kici.services.orchestrator.execution import ExecutionServices, ExecutionSettings, Stores, build_execution
+from kici.services.orchestrator.metrics import OrchestratorMetrics, instrument_execution
 from kici.testing.fake_agent import AgentClosedError, open_fake_agent, serve_hub
 from kici.testing.postgres import PgTestDatabase
 
@@ -362,3 +366,77 @@ async def test_a_bootstrap_token_registers_once(engine: Engine) -> None:
     with pytest.raises(AgentClosedError):
         async with open_fake_agent(engine.url, agent_id="a9", token=token):
             pass
+
+
+# --- observability (PRO-37) ----------------------------------------------------------------------
+
+
+async def _wait_metric(metrics: OrchestratorMetrics, name: str, value: float, **labels: str) -> None:
+    with trio.fail_after(WAIT_S):
+        while metrics.registry.get_sample_value(name, labels or None) != value:  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+@pytest.mark.feature("PRO-37", "OPS-10", "PRO-16")
+async def test_connection_and_recovery_metrics_after_a_scripted_session(engine: Engine) -> None:
+    metrics = OrchestratorMetrics()
+    instrument_execution(metrics, engine.services.hub, engine.services.scheduler)
+    value = metrics.registry.get_sample_value
+    async with open_fake_agent(engine.url, agent_id="a1", token="kat_" + "0" * 64, register=False) as agent:
+        await agent.send_auth()
+        await agent.wait_closed()
+    await _wait_metric(metrics, "kici_orch_agent_handshake_failures_total", 1, reason="invalid_token")
+    await _wait_metric(metrics, "kici_orch_agent_connections_closed_total", 1, code="4010")
+
+    token = await engine.token()
+    created = await engine.create_run([job("build")])
+    job_id = created.job_ids["build"]
+    async with open_fake_agent(
+        engine.url, agent_id="a1", token=token, labels=["linux"], heartbeat_interval=0.1
+    ) as agent:
+        dispatch = await agent.expect(JobDispatch)
+        await agent.ack(dispatch)
+        await agent.status(dispatch, JobState.RUNNING)
+        await engine.wait_job(job_id, JobStatus.RUNNING)
+    await engine.wait_job(job_id, JobStatus.RECOVERING)
+    await _wait_metric(metrics, "kici_orch_jobs_recovery_started_total", 1)
+    assert value("kici_orch_jobs_recovering") == 1
+    in_flight = InFlightJob(job_id=str(job_id), run_id=str(created.run_id))
+    async with open_fake_agent(
+        engine.url,
+        agent_id="a1",
+        token=token,
+        labels=["linux"],
+        in_flight=[in_flight],
+        heartbeat_interval=0.1,
+    ) as agent:
+        await engine.wait_job(job_id, JobStatus.RUNNING)
+        assert value("kici_orch_jobs_reclaimed_total") == 1
+        assert value("kici_orch_jobs_recovering") == 0
+        await agent.status(dispatch, JobState.SUCCESS)
+        await engine.wait_run(created.run_id, RunStatus.SUCCESS)
+
+    silent = await engine.create_run([job("test")])
+    async with open_fake_agent(
+        engine.url, agent_id="a2", token=token, labels=["linux"], heartbeat_interval=0.1
+    ) as agent:
+        await agent.expect(JobDispatch)
+        await _wait_metric(metrics, "kici_orch_dispatch_ack_timeouts_total", 1)
+        assert (await agent.wait_closed()).code == 4031
+    async with open_fake_agent(
+        engine.url, agent_id="a3", token=token, labels=["linux"], heartbeat_interval=0.1
+    ) as agent:
+        retry = await agent.expect(JobDispatch)
+        await agent.ack(retry)
+        await agent.status(retry, JobState.RUNNING)
+        await engine.wait_job(silent.job_ids["test"], JobStatus.RUNNING)
+    await engine.wait_job(silent.job_ids["test"], JobStatus.FAILED)
+    await _wait_metric(metrics, "kici_orch_jobs_recovery_expired_total", 1)
+    await _wait_metric(metrics, "kici_orch_jobs_recovering", 0)
+
+    assert value("kici_orch_jobs_recovery_started_total") == 2
+    assert value("kici_orch_agent_connections_opened_total") == 5
+    assert value("kici_orch_agent_connections_closed_total", {"code": "4031"}) == 1
+    text = metrics.render().decode()
+    assert 'kici_orch_agent_handshake_failures_total{reason="invalid_token"} 1.0' in text
+    assert "kici_orch_jobs_reclaimed_total 1.0" in text

@@ -17,6 +17,11 @@ Choices where the spec is silent: a malformed frame before registration is treat
 (4003, with an ``error`` reply for a well-formed JSON object); frames the orchestrator does not serve
 yet (cache, events, agent API, approvals) are logged and ignored, and the agent's own request timeout
 answers it; a connection replaced by a newer one of the same agent is closed with 1000.
+
+Metrics (PRO-37), when `AgentHub.metrics` is set: connections opened and closed (by close code),
+handshake failures (by `HandshakeFailure`, timeouts included), and the jobs that enter recovery when
+an agent drops or are reclaimed when it registers again, counted as the recovery book's difference
+around the tracker call. Recoveries restored at boot are not entries of this process and not counted.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from kici.domain.ratelimit import RateLimitConfig, WsRateLimiter
 from kici.domain.store import AgentRecord, AgentStore, AgentTokenRecord, AgentType
 from kici.domain.store import AgentStatus as StoredAgentStatus
 from kici.services.connection import ORCHESTRATOR_FROM_AGENT, HandlerBase, Session, run_connection
+from kici.services.orchestrator.metrics import CLOSE_CODE_ERROR, HandshakeFailure, OrchestratorMetrics
 
 if TYPE_CHECKING:
     from kici.services.orchestrator.dispatcher import Dispatcher
@@ -79,6 +85,11 @@ REGISTER_TIMEOUT_REASON: Final = "Registration timeout"
 INVALID_TOKEN_REASON: Final = "Invalid or expired token"
 TOKEN_STATE_REASON: Final = "Token state error"
 SHUTDOWN_REASON: Final = "Server shutting down"
+
+_HANDSHAKE_TIMEOUTS: Final = {
+    AUTH_TIMEOUT_REASON: HandshakeFailure.AUTH_TIMEOUT,
+    REGISTER_TIMEOUT_REASON: HandshakeFailure.REGISTER_TIMEOUT,
+}
 
 
 def token_hash(token: str) -> str:
@@ -176,10 +187,13 @@ class _Phase(enum.Enum):
 class RegistrationRefused(Exception):
     """A handshake gate refused the agent: send ``reply`` (if any) and close with ``code``."""
 
-    def __init__(self, code: CloseCode, reason: str, reply: Message | None = None) -> None:
+    def __init__(
+        self, code: CloseCode, reason: str, failure: HandshakeFailure, reply: Message | None = None
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.failure = failure
         self.reply = reply
 
 
@@ -200,7 +214,10 @@ def token_labels(token: AgentTokenRecord | None) -> set[str] | None:
         labels = _parse_label_list(token.labels)
     except ValueError:
         raise RegistrationRefused(
-            CloseCode.AGENT_AUTH_FAILED, TOKEN_STATE_REASON, AuthFailure(reason=TOKEN_STATE_REASON)
+            CloseCode.AGENT_AUTH_FAILED,
+            TOKEN_STATE_REASON,
+            HandshakeFailure.TOKEN_STATE,
+            AuthFailure(reason=TOKEN_STATE_REASON),
         ) from None
     return None if labels is None else set(normalise(labels))
 
@@ -228,7 +245,9 @@ def register_gates(
     labels = normalise(register.labels)
     if PRIVILEGED_ROOT_LABEL in labels and register.running_as_uid != 0:
         raise RegistrationRefused(
-            CloseCode.AGENT_AUTH_FAILED, "Privileged-root label requires an agent running as uid 0"
+            CloseCode.AGENT_AUTH_FAILED,
+            "Privileged-root label requires an agent running as uid 0",
+            HandshakeFailure.PRIVILEGED_ROOT,
         )
     allowed = token_labels(token)
     if allowed is not None:
@@ -237,16 +256,24 @@ def register_gates(
         ]
         if extras:
             raise RegistrationRefused(
-                CloseCode.AGENT_AUTH_FAILED, f"Labels not authorized by token: {', '.join(extras)}"
+                CloseCode.AGENT_AUTH_FAILED,
+                f"Labels not authorized by token: {', '.join(extras)}",
+                HandshakeFailure.LABELS,
             )
     if (
         token is not None
         and token.agent_type is AgentType.EPHEMERAL
         and register.agent_id not in (token.created_by, token.created_by.removeprefix(BOOTSTRAP_PREFIX))
     ):
-        raise RegistrationRefused(CloseCode.AGENT_AUTH_FAILED, "Agent id does not match its ephemeral token")
+        raise RegistrationRefused(
+            CloseCode.AGENT_AUTH_FAILED,
+            "Agent id does not match its ephemeral token",
+            HandshakeFailure.EPHEMERAL_ID,
+        )
     if token is not None and holder_token is not None and holder_token != token.token_id:
-        raise RegistrationRefused(CloseCode.INVALID_MESSAGE, "Agent id is held by another token")
+        raise RegistrationRefused(
+            CloseCode.INVALID_MESSAGE, "Agent id is held by another token", HandshakeFailure.TOKEN_CONFLICT
+        )
 
 
 class AgentHub:
@@ -271,11 +298,23 @@ class AgentHub:
         self._ready = trio.Event()
         self._closing = False
         self._sessions: set[Session] = set()
+        self.metrics: OrchestratorMetrics | None = None
         if settings.agent_auth is AgentAuth.NONE:
             _log.warning("agent authentication is DISABLED (agent_auth=none): any client may register")
 
     def connected_count(self) -> int:
         return len(self.registry)
+
+    def recovering_count(self) -> int:
+        """Jobs waiting in a recovery window now (the recovery book is the truth)."""
+        return len(self._tracker.book.recovering())
+
+    def _recovering_ids(self) -> set[str]:
+        return {entry.job.job_id for entry in self._tracker.book.recovering()}
+
+    def _handshake_failed(self, failure: HandshakeFailure) -> None:
+        if self.metrics is not None:
+            self.metrics.agent_handshake_failures.labels(reason=failure.value).inc()
 
     def open(self) -> None:
         """Let registrations through (called once the startup sweep settled the recovery book)."""
@@ -294,6 +333,10 @@ class AgentHub:
     async def serve(self, conn: WsConnection, remote_addr: str) -> None:
         """Run one agent connection until it closes, then its disconnect handling."""
         handler = _AgentConnection(self, remote_addr)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.agent_connections_opened.inc()
+        close_code = CLOSE_CODE_ERROR
         try:
             end = await run_connection(
                 conn,
@@ -303,12 +346,18 @@ class AgentHub:
                 rate_limiter=WsRateLimiter(self._settings.rate_limit),
                 liveness=self._settings.liveness,
             )
+            close_code = str(end.code)
             _log.info("agent connection closed", remote=remote_addr, code=end.code, reason=end.reason)
+            timeout = _HANDSHAKE_TIMEOUTS.get(end.reason)
+            if handler.agent is None and end.code == CloseCode.AUTH_TIMEOUT and timeout is not None:
+                self._handshake_failed(timeout)
         except Exception:
             _log.exception("agent connection failed", remote=remote_addr)
         finally:
             if handler.session is not None:
                 self._sessions.discard(handler.session)
+            if metrics is not None:
+                metrics.agent_connections_closed.labels(code=close_code).inc()
         if handler.agent is not None:
             await self.disconnected(handler.agent)
 
@@ -324,7 +373,10 @@ class AgentHub:
                 agent.agent_id, StoredAgentStatus.DISCONNECTED, self._clock.now()
             )
             await self._dispatcher.agent_gone(agent)
+            before = self._recovering_ids()
             await self._tracker.agent_disconnected(agent)
+            if self.metrics is not None:
+                self.metrics.jobs_recovering_entered.inc(len(self._recovering_ids() - before))
         except Exception:
             _log.exception("disconnect handling failed; the startup sweep of the next boot covers it")
 
@@ -334,12 +386,20 @@ class AgentHub:
         verdict = check_protocol_version(request.protocol_version)
         if not verdict.accepted:
             reason = verdict.reason or "Unsupported protocol version"
-            raise RegistrationRefused(CloseCode.PROTOCOL_ERROR, reason, AuthFailure(reason=reason))
+            raise RegistrationRefused(
+                CloseCode.PROTOCOL_ERROR,
+                reason,
+                HandshakeFailure.PROTOCOL_VERSION,
+                AuthFailure(reason=reason),
+            )
         now = self._clock.now()
         token = await self._agents.find_agent_token(token_hash(request.token), now)
         if token is None:
             raise RegistrationRefused(
-                CloseCode.AGENT_AUTH_FAILED, INVALID_TOKEN_REASON, AuthFailure(reason=INVALID_TOKEN_REASON)
+                CloseCode.AGENT_AUTH_FAILED,
+                INVALID_TOKEN_REASON,
+                HandshakeFailure.INVALID_TOKEN,
+                AuthFailure(reason=INVALID_TOKEN_REASON),
             )
         try:
             await self._agents.touch_agent_token(token.token_id, now)
@@ -366,7 +426,9 @@ class AgentHub:
             and token.created_by.startswith(BOOTSTRAP_PREFIX)
             and not await self._agents.consume_agent_token(token.token_id, now)
         ):
-            raise RegistrationRefused(CloseCode.AGENT_AUTH_FAILED, "Bootstrap token already used")
+            raise RegistrationRefused(
+                CloseCode.AGENT_AUTH_FAILED, "Bootstrap token already used", HandshakeFailure.BOOTSTRAP_USED
+            )
         labels = normalise(register.labels)
         if current is not None and current.agent_id == register.agent_id:
             agent = current
@@ -388,7 +450,10 @@ class AgentHub:
             replaced = self.registry.add(agent)
             if replaced is not None:
                 replaced.session.close(CloseCode.NORMAL, "Superseded by a newer connection")
+        recovering = self._recovering_ids()
         cancels = await self._tracker.reconcile(agent, register.in_flight_jobs or ())
+        if self.metrics is not None:
+            self.metrics.jobs_reclaimed.inc(len(recovering & agent.jobs))
         await self._agents.upsert_agent(
             AgentRecord(
                 agent_id=agent.agent_id,
@@ -477,6 +542,7 @@ class _AgentConnection(HandlerBase):
         try:
             await self._handle(session, message)
         except RegistrationRefused as refused:
+            self._hub._handshake_failed(refused.failure)
             _log.warning(
                 "agent refused",
                 remote=self._remote,
@@ -499,7 +565,12 @@ class _AgentConnection(HandlerBase):
         if self._phase is _Phase.AUTH:
             if not isinstance(message, AgentAuthRequest):
                 reason = "Expected auth.request"
-                raise RegistrationRefused(CloseCode.AGENT_AUTH_FAILED, reason, AuthFailure(reason=reason))
+                raise RegistrationRefused(
+                    CloseCode.AGENT_AUTH_FAILED,
+                    reason,
+                    HandshakeFailure.UNEXPECTED_MESSAGE,
+                    AuthFailure(reason=reason),
+                )
             self._token = await self._hub.authenticate(message)
             await session.send(AuthSuccess(connection_id=str(uuid.uuid4())))
             self._phase = _Phase.REGISTER
@@ -514,6 +585,9 @@ class _AgentConnection(HandlerBase):
         if self._phase is _Phase.REGISTER or self.agent is None:
             reason = "Expected agent.register"
             raise RegistrationRefused(
-                CloseCode.INVALID_MESSAGE, reason, ErrorMessage(code="INVALID_MESSAGE", message=reason)
+                CloseCode.INVALID_MESSAGE,
+                reason,
+                HandshakeFailure.UNEXPECTED_MESSAGE,
+                ErrorMessage(code="INVALID_MESSAGE", message=reason),
             )
         await self._hub.route(self.agent, message)

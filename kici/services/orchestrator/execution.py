@@ -151,6 +151,11 @@ class ExecutionServices:
         self._clock = clock
         self._sweep_interval_s = sweep_interval_s
 
+    @property
+    def scheduler(self) -> DeadlineScheduler:
+        """The deadline heap, exposed so the composition root can instrument it (PRO-37)."""
+        return self._scheduler
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start timers, run the startup sweep, open the hub, start dispatching; return only when cancelled.
 

@@ -11,21 +11,54 @@ refusals at the door (``signature``, ``unknown_source``, ``misconfigured``, ``to
 ``malformed``), ``runs{status}`` is the number of runs per status, and
 ``dispatch_latency_seconds`` is the time from a job's enqueue to its dispatch, read from the queue
 rows dispatched since the previous scrape.
+
+Connections and recovery (PRO-37), also beyond 50 §12's list: ``agent_connections_opened_total``,
+``agent_connections_closed_total{code}`` (the close code, ``error`` when the connection crashed),
+``agent_handshake_failures_total{reason}`` (a fixed vocabulary, `HandshakeFailure`, never the
+free-text close reason, which may name labels), ``jobs_recovery_started_total`` / ``jobs_reclaimed_total`` /
+``jobs_recovery_expired_total`` (jobs entering, leaving by reclaim, leaving by expiry),
+``dispatch_ack_timeouts_total`` and the gauge ``jobs_recovering``. The hub and the timer task update
+them through `AgentHub.metrics` and `DeadlineScheduler.fired`, which :func:`instrument_execution` sets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Final, Protocol
+from enum import StrEnum
+from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kici.domain.execution.states import RunStatus
 
+if TYPE_CHECKING:
+    from kici.services.orchestrator.agent_hub import AgentHub
+    from kici.services.orchestrator.timers import DeadlineScheduler, TimerKey
+
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class HandshakeFailure(StrEnum):
+    """Why an agent's handshake failed: the bounded label set of ``agent_handshake_failures_total``."""
+
+    PROTOCOL_VERSION = "protocol_version"
+    INVALID_TOKEN = "invalid_token"
+    TOKEN_STATE = "token_state"
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    LABELS = "labels"
+    PRIVILEGED_ROOT = "privileged_root"
+    EPHEMERAL_ID = "ephemeral_id"
+    TOKEN_CONFLICT = "token_conflict"
+    BOOTSTRAP_USED = "bootstrap_used"
+    AUTH_TIMEOUT = "auth_timeout"
+    REGISTER_TIMEOUT = "register_timeout"
+
+
+CLOSE_CODE_ERROR: Final = "error"
+"""The ``code`` label of a connection that ended on an exception rather than a close."""
 
 
 class OrchestratorMetrics:
@@ -65,6 +98,30 @@ class OrchestratorMetrics:
         self.config_reloads = Counter(
             "kici_orch_config_reload_total", "Config reloads", ["result", "source"], registry=r
         )
+        self.agent_connections_opened = Counter(
+            "kici_orch_agent_connections_opened_total", "Agent connections accepted", registry=r
+        )
+        self.agent_connections_closed = Counter(
+            "kici_orch_agent_connections_closed_total", "Agent connections ended", ["code"], registry=r
+        )
+        self.agent_handshake_failures = Counter(
+            "kici_orch_agent_handshake_failures_total", "Agent handshakes refused", ["reason"], registry=r
+        )
+        self.jobs_recovering_entered = Counter(
+            "kici_orch_jobs_recovery_started_total", "Jobs that entered a recovery window", registry=r
+        )
+        self.jobs_reclaimed = Counter(
+            "kici_orch_jobs_reclaimed_total", "Recovering jobs reclaimed by their agent", registry=r
+        )
+        self.jobs_recovery_expired = Counter(
+            "kici_orch_jobs_recovery_expired_total", "Recovery windows that closed unclaimed", registry=r
+        )
+        self.dispatch_ack_timeouts = Counter(
+            "kici_orch_dispatch_ack_timeouts_total", "Dispatches not acknowledged in time", registry=r
+        )
+        self.jobs_recovering = Gauge(
+            "kici_orch_jobs_recovering", "Jobs waiting in a recovery window now", registry=r
+        )
         self._reload_seen: dict[tuple[str, str], int] = {}
         self._cache_seen = (0, 0)
 
@@ -89,6 +146,28 @@ class OrchestratorMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def timer_fired(self, key: TimerKey) -> None:
+        """A deadline of the execution brain fired: an ack or a recovery window ran out.
+
+        The handlers' timers are cancelled whenever their wait is settled otherwise (ack, reclaim,
+        terminal status), so a firing is the timeout itself. The sweep's backstops, which cover rows
+        this process holds no timer for, are not counted.
+        """
+        kind = key[0]
+        if kind == "ack":
+            self.dispatch_ack_timeouts.inc()
+        elif kind == "recovery":
+            self.jobs_recovery_expired.inc()
+
+
+def instrument_execution(metrics: OrchestratorMetrics, hub: AgentHub, scheduler: DeadlineScheduler) -> None:
+    """Wire the connection and recovery metrics into a built execution brain (the composition root calls
+    this once; without it they stay at zero). The recovering gauge is read from the recovery book at
+    scrape time, so it never drifts from the book."""
+    hub.metrics = metrics
+    scheduler.fired = metrics.timer_fired
+    metrics.jobs_recovering.set_function(lambda: float(hub.recovering_count()))
 
 
 Refresher = Callable[[OrchestratorMetrics], Awaitable[None]]
@@ -127,4 +206,13 @@ def state_refresher(
     return refresh
 
 
-__all__ = ["CONTENT_TYPE", "OrchestratorMetrics", "Refresher", "StateReads", "state_refresher"]
+__all__ = [
+    "CLOSE_CODE_ERROR",
+    "CONTENT_TYPE",
+    "HandshakeFailure",
+    "OrchestratorMetrics",
+    "Refresher",
+    "StateReads",
+    "instrument_execution",
+    "state_refresher",
+]

@@ -54,6 +54,8 @@ class DeadlineScheduler:
         self._entries: dict[TimerKey, _Entry] = {}
         self._seq = itertools.count()
         self._changed = trio.Event()
+        self.fired: Callable[[TimerKey], None] | None = None
+        """Told the key of every deadline that fires, before its handler runs (metrics)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -124,6 +126,8 @@ class DeadlineScheduler:
 
     async def _fire(self, key: TimerKey, handler: Handler) -> None:
         try:
+            if self.fired is not None:
+                self.fired(key)
             await handler()
         except Exception:
             _log.exception("timer handler failed", timer=f"{key[0]}:{key[1]}")

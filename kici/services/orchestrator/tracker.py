@@ -601,7 +601,12 @@ class Tracker:
                 await self.settle(job.run_id, result.failed.gate)
             self._dispatcher.wake()
             return
-        _log.warning("recovery window expired", job_id=expired.job.job_id, agent_id=expired.agent_id)
+        _log.warning(
+            "recovery window expired",
+            run_id=expired.job.run_id,
+            job_id=expired.job.job_id,
+            agent_id=expired.agent_id,
+        )
         await self._apply(job, JobInput.RECOVERY_EXPIRED, error_message=expired.message)
 
     async def restore(self, rows: Sequence[QueueEntry]) -> None:
@@ -629,7 +634,9 @@ class Tracker:
                     self._arm_recovery(entry)
                     _log.info(
                         "recovery re-armed",
+                        run_id=entry.job.run_id,
                         job_id=entry.job.job_id,
+                        agent_id=entry.agent_id,
                         deadline=utc_from_ms(entry.deadline_ms).isoformat(),
                     )
                 case LostFailed(job=ref, message=message):

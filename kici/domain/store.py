@@ -1,5 +1,5 @@
 """Storage ports of the orchestrator: runs, jobs and the needs gate, the dispatch queue, webhook
-delivery bookkeeping, agents and their tokens, and step logs.
+delivery bookkeeping, agents and their tokens, step logs, and workflow registrations.
 
 The ports are ``typing.Protocol``s over attrs records; the PostgreSQL adapter
 (``kici.adapters.postgres``) implements them and the contract suites in
@@ -25,10 +25,10 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -48,6 +48,8 @@ from kici.domain.execution.states import (
     is_step_type,
 )
 from kici.domain.lockfile.frozen import FrozenDict, JsonValue
+from kici.domain.lockfile.model import LockWorkflow
+from kici.domain.registrations import RegistrationSet
 
 QUEUE_EXPIRED_MESSAGE = "Queue timeout expired (job was never dispatched to an agent)"
 DEFAULT_DEDUP_TTL = timedelta(hours=24)
@@ -813,3 +815,64 @@ class LogStore(Protocol):
     async def read_log_chunks(
         self, job_id: uuid.UUID, *, after: int = 0, limit: int = 500, step_index: int | None = None
     ) -> LogPage: ...
+
+
+# -- workflow registrations (HOOK-18, EVT-07)
+
+
+@attrs.frozen(kw_only=True)
+class RegistrationRecord:
+    """A stored registration; ``id`` and ``disabled`` survive every ``replace_all`` that keeps the name."""
+
+    id: uuid.UUID
+    customer_id: str
+    routing_key: str
+    repo_identifier: str
+    workflow: LockWorkflow
+    trigger_types: tuple[str, ...]
+    provider_context: Mapping[str, Any] = attrs.field(hash=False)
+    disabled: bool
+    commit_sha: str | None
+    source_file: str
+    is_global: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def workflow_name(self) -> str:
+        return self.workflow.name
+
+
+@attrs.frozen(kw_only=True)
+class RegistrationReplace:
+    """What one ``replace_all`` changed, and the registry version it committed with."""
+
+    version: int
+    inserted: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+
+
+class RegistrationStore(Protocol):
+    async def replace_all(self, batch: RegistrationSet, now: datetime) -> RegistrationReplace:
+        """Make ``(routing_key, repo_identifier)``'s rows exactly ``batch`` and bump the registry version.
+
+        One transaction: rows of the pair still owned by ``__default__`` move to ``batch.customer_id``,
+        a kept name is updated in place, a new name inserted, a vanished name deleted, and the version
+        bumped, so a peer that sees the new version also sees every row of it.
+        """
+        ...
+
+    async def registry_version(self) -> int:
+        """The version peers compare to reload their index; 0 before any registration."""
+        ...
+
+    async def list_registrations(
+        self, *, routing_key: str | None = None, repo_identifier: str | None = None
+    ) -> tuple[RegistrationRecord, ...]:
+        """Rows ordered by ``(routing_key, repo_identifier, workflow_name)``; ``None`` filters nothing."""
+        ...
+
+    async def set_disabled(self, registration_id: uuid.UUID, disabled: bool, now: datetime) -> bool:
+        """Whether the row exists; a disabled row stays stored but is never matched."""
+        ...

@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from kici.adapters.clock import SystemClock
+from kici.adapters.postgres.registration_store import PgRegistrationStore
 from kici.domain.config.sources import SecretKind, SecretRef, SourceConfig, SourceProvider
 from kici.domain.events import SimulatedEvent
 from kici.domain.execution.states import Event, ExecutionState, InitFailureCategory, JobStatus, RunStatus
@@ -338,6 +339,35 @@ async def test_changed_files_are_fetched_only_for_paths_triggers_and_filter(pg_s
     miss = world(pg_stores, FakeFetcher(default=docs_lock), changed=["src/app.py"])
     assert (await process_webhook(miss.info("github_push", "d-miss"), miss.deps)).matched == 0
     assert (hit.changed.calls, miss.changed.calls) == (1, 1)
+
+
+@pytest.mark.feature("HOOK-18", "EVT-07")
+async def test_a_default_branch_push_stores_registrations_other_pushes_and_local_do_not(
+    pg_stores: PgStores,
+) -> None:
+    store = PgRegistrationStore(pg_stores.db)
+    w = world(pg_stores, FakeFetcher(default=CI_LOCK))
+    deps = attrs.evolve(w.deps, registrations=store)
+    feature = w.info("github_push", "d-feature")
+    feature = attrs.evolve(feature, payload={**feature.payload, "ref": "refs/heads/feature"})
+    assert (await process_webhook(feature, deps)).status is EventLogStatus.PROCESSED
+    local = attrs.evolve(w.info("github_push", "d-local"), provider=ProviderType.LOCAL)
+    assert (await process_webhook(local, deps)).status is EventLogStatus.PROCESSED
+    assert (await store.registry_version(), await store.list_registrations()) == (0, ())
+
+    result = await process_webhook(w.info("github_push", "d-main"), deps)
+    assert (result.status, result.matched) == (EventLogStatus.PROCESSED, 1)
+    rows = await store.list_registrations(routing_key=APP_KEY, repo_identifier="acme/app")
+    assert [r.workflow_name for r in rows] == ["ci", "docs", "release"]
+    assert {r.commit_sha for r in rows} == {"0000000000000000000000000000000000000002"}
+    assert {r.customer_id for r in rows} == {"__default__"}
+    assert await store.registry_version() == 1
+
+    w.fetcher.default = lock_of()
+    await process_webhook(
+        w.info("github_push", "d-empty"), attrs.evolve(deps, lock_cache=LockCache(lambda: 0.0))
+    )
+    assert (await store.registry_version(), await store.list_registrations()) == (2, ())
 
 
 # --- ingress and API over the app ----------------------------------------------------------------

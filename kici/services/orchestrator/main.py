@@ -55,6 +55,7 @@ from kici.adapters.postgres.database import Database
 from kici.adapters.postgres.execution_store import PgExecutionStore
 from kici.adapters.postgres.log_store import PgLogStore
 from kici.adapters.postgres.queue_store import PgDispatchQueue
+from kici.adapters.postgres.registration_store import PgRegistrationStore
 from kici.adapters.postgres.runtime import EMBEDDED_DBNAME, open_postgres
 from kici.adapters.postgres.webhook_store import PgWebhookStore
 from kici.adapters.ws.server import serve
@@ -77,7 +78,7 @@ from kici.services.orchestrator.app import AppParts, Intake, build_app
 from kici.services.orchestrator.execution import ExecutionSettings, Stores, build_execution
 from kici.services.orchestrator.ingress import IngressState
 from kici.services.orchestrator.logging import MASKER, configure_logging
-from kici.services.orchestrator.metrics import OrchestratorMetrics, state_refresher
+from kici.services.orchestrator.metrics import OrchestratorMetrics, instrument_execution, state_refresher
 from kici.services.orchestrator.pipeline import PipelineDeps
 from kici.services.orchestrator.sources import RegistryDispatchSources, SourceBook, build_source_book
 
@@ -266,6 +267,7 @@ async def _serve(
             clock=clock,
             source_resolver=RegistryDispatchSources(lambda: live.book),
         )
+        instrument_execution(metrics, services.hub, services.scheduler)
         lock_cache = LockCache(
             lambda: clock.monotonic() * 1000,
             max_entries=config.lockfile_cache.max_entries,
@@ -281,6 +283,7 @@ async def _serve(
             wake=services.dispatcher.wake,
             settle=services.tracker.settle,
             metrics=metrics,
+            registrations=PgRegistrationStore(pg.database),
         )
         queries = PgRunQueries(pg.database)
 

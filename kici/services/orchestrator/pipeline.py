@@ -17,6 +17,13 @@ the ``event_log`` status of 30 §4:
   ``schemaVersion``, unsafe regex...) becomes a visible failed run -- workflow
   ``(unresolved workflow)``, init failure ``lock_resolution`` with the parse message -- and
   ``lockfile_corrupt`` (HOOK-23).
+* **G** registrations (HOOK-18): a push to the default branch (not from the ``local`` provider)
+  replaces the repository's stored registrations with the registerable workflows of its lock, even
+  when none are left, and bumps the registry version in the same transaction. There is no org policy
+  store yet, so global workflows are not permitted (spec 30 §7: no settings row denies) unless
+  ``globals_permitted`` says otherwise. A failing store is logged and the delivery still matches and
+  runs: a registration outage must not stop the push's own CI. The in-memory index, the cron cache
+  and the ``registration.updated`` event are not built yet; peers read the version.
 * **H** changed files, fetched only when a ``push``/``pr`` trigger of the event's kind has
   ``paths`` (HOOK-13); a failing fetch counts as "no files" (paths triggers then do not match) and
   is logged. Then every workflow is matched (``match_lock``).
@@ -24,7 +31,7 @@ the ``event_log`` status of 30 §4:
   and roots ready (:mod:`.runs`), then one ``dispatcher.wake()``.
 * **K** the ``event_log`` row: ``processed`` with ``matched_count`` and the first ``run_id``.
 
-Phases B (cross-source dispatch), F (security hold), G (registrations) and J (global workflows)
+Phases B (cross-source dispatch), F (security hold) and J (global workflows)
 belong to features this orchestrator does not have yet. The delivery-log row is written once, when
 the delivery's outcome is known, so it carries the repository and ref; an exception in any phase
 writes ``failed`` with the error and the ingress answers 500. A delivery that failed after its mark
@@ -48,19 +55,21 @@ from kici.domain.events import SimulatedEvent
 from kici.domain.execution.run_status import RunEvent
 from kici.domain.lockfile import LockFile, LockFileParseError
 from kici.domain.providers import ProviderBundle, ProviderRegistry
+from kici.domain.registrations import SKIPPED_GLOBAL_MESSAGE, registers, registration_set
 from kici.domain.store import (
     EventLogEntry,
     EventLogStatus,
     EventSource,
     ExecutionStore,
     GateOutcome,
+    RegistrationStore,
     WebhookStore,
 )
 from kici.domain.triggers import match_lock
 from kici.domain.webhooks.changed_files import changed_files_needed
 from kici.domain.webhooks.lock_cache import LockCache
-from kici.domain.webhooks.models import WebhookInfo
-from kici.domain.webhooks.payload import text
+from kici.domain.webhooks.models import ProviderType, WebhookInfo
+from kici.domain.webhooks.payload import dig, text
 from kici.services.orchestrator.logging import request_scope, run_scope
 from kici.services.orchestrator.metrics import OrchestratorMetrics
 from kici.services.orchestrator.runs import RunContext, build_run, lock_failure_run
@@ -92,6 +101,10 @@ def lock_ref(event: SimulatedEvent, head_ref: str) -> str:
     return event.base_branch or event.target_branch
 
 
+def _no_globals(routing_key: str, repo: str) -> bool:
+    return False
+
+
 @attrs.frozen(kw_only=True)
 class PipelineDeps:
     """The ports the pipeline drives; ``registry`` is read per delivery (it is swapped on reload)."""
@@ -108,6 +121,10 @@ class PipelineDeps:
     metrics: OrchestratorMetrics | None = None
     new_run_id: Callable[[], uuid.UUID] = uuid.uuid4
     event_source: EventSource = EventSource.DIRECT
+    registrations: RegistrationStore | None = None
+    """Phase G is skipped without a store."""
+    globals_permitted: Callable[[str, str], bool] = _no_globals
+    """Whether the org policy lets ``(routing_key, repo)`` author global workflows (GLB-03)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -188,6 +205,53 @@ async def _corrupt(deps: PipelineDeps, ctx: RunContext, error: LockFileParseErro
     )
 
 
+async def _register(
+    info: WebhookInfo,
+    deps: PipelineDeps,
+    bundle: ProviderBundle,
+    lock: LockFile,
+    event: SimulatedEvent,
+    *,
+    org: str,
+    repo: str,
+    head_ref: str,
+) -> None:
+    store = deps.registrations
+    if store is None or not registers(
+        local=info.provider is ProviderType.LOCAL,
+        event_type=event.type,
+        target_branch=event.target_branch,
+        default_branches=(
+            bundle.normalizer.extract_default_branch(info.payload),
+            text(dig(info.payload, "repository", "default_branch")),
+        ),
+    ):
+        return
+    batch = registration_set(
+        lock,
+        customer_id=org,
+        routing_key=info.routing_key,
+        repo_identifier=repo,
+        ref=head_ref,
+        provider_context=bundle.normalizer.extract_credentials(info.payload),
+        globals_permitted=deps.globals_permitted(info.routing_key, repo),
+    )
+    for name in batch.skipped_globals:
+        _log.warning(SKIPPED_GLOBAL_MESSAGE, workflow=name, repo=repo)
+    try:
+        replaced = await store.replace_all(batch, deps.clock.now())
+    except Exception as exc:
+        _log.error("registrations not updated", repo=repo, error=str(exc))
+        return
+    _log.info(
+        "registrations updated",
+        repo=repo,
+        workflow_count=len(batch.registrations),
+        workflows=list(batch.workflow_names),
+        version=replaced.version,
+    )
+
+
 async def _process(info: WebhookInfo, deps: PipelineDeps, org: str) -> PipelineResult:
     bundle = deps.registry().get_by_routing_key(info.routing_key)
     if bundle is None:
@@ -218,6 +282,7 @@ async def _process(info: WebhookInfo, deps: PipelineDeps, org: str) -> PipelineR
             repo_identifier=repo,
             ref=ctx.ref,
         )
+    await _register(info, deps, bundle, lock, event, org=org, repo=repo, head_ref=head_ref)
     changed = await _changed_files(bundle, lock, event, repo, info)
     event = attrs.evolve(event, changed_files=changed, source_repo=repo)
     started = time.perf_counter()

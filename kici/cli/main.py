@@ -22,6 +22,7 @@ from kici.cli.hook_cmd import hook_group
 from kici.cli.init_cmd import init_command
 from kici.cli.output import error
 from kici.cli.preview_cmd import preview_command
+from kici.cli.remote_cmd import run_remote_command
 from kici.cli.run_cmd import run_group
 
 EPILOG = """\b
@@ -32,6 +33,7 @@ Examples:
   kici preview pr:open           what a pull request would run, and why not
   kici run local push            run the matching jobs here, in a sandbox
   kici run local push --json     the same, as one JSON document on stdout
+  kici run remote push --url U   submit the run to an orchestrator and follow it
 
 \b
 Environment: NO_COLOR disables colour, KICI_DEBUG=true shows tracebacks,
@@ -68,6 +70,7 @@ cli.add_command(init_command)
 cli.add_command(compile_command)
 cli.add_command(validate_command)
 cli.add_command(preview_command)
+run_group.add_command(run_remote_command)
 cli.add_command(run_group)
 cli.add_command(hook_group)
 cli.add_command(test_command)

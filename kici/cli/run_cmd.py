@@ -61,7 +61,7 @@ Exit codes: 0 all jobs passed, 1 a job failed, 2 usage error or drift under --ch
 
 @click.group("run", context_settings={"help_option_names": ["-h", "--help"]})
 def run_group() -> None:
-    """Run workflows (locally; remote runs need a cluster)."""
+    """Run workflows here (`run local`) or on an orchestrator (`run remote`)."""
 
 
 def _read_payload(path: Path | None) -> Mapping[str, Any] | None:

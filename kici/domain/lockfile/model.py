@@ -18,21 +18,15 @@ from typing import Final, Literal, TypeAlias
 
 import attrs
 
+from kici.domain.execution.states import TERMINAL_JOB_STATES_ORDERED
 from kici.domain.lockfile.frozen import FrozenDict, JsonValue
 from kici.domain.lockfile.triggers import Inputs, Trigger
 
 SCHEMA_VERSION: Final = 1
 COMPILE_SCHEMA_VERSION: Final = 5
 
-TERMINAL_JOB_STATUSES: Final = (
-    "success",
-    "failed",
-    "cancelled",
-    "skipped",
-    "timed_out_stale",
-    "drift_dropped",
-)
-"""The six terminal job statuses a ``needs`` edge's ``runOn`` may list (spec 10 §2)."""
+TERMINAL_JOB_STATUSES: Final[tuple[str, ...]] = tuple(s.value for s in TERMINAL_JOB_STATES_ORDERED)
+"""The six terminal job statuses a ``needs`` edge's ``runOn`` may list (spec 10 §2), as plain strings."""
 
 RunsOnPick = Literal["deterministic", "any"]
 OnUnreachable = Literal["hold", "skip", "fail"]

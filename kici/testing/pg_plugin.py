@@ -7,6 +7,8 @@
 * ``pg_blank_database``: a fresh empty database (no migrations), dropped afterwards.
 * ``pg_db``: an open :class:`kici.adapters.postgres.database.Database` on ``pg_database``.
 * ``pg_stores``: every PostgreSQL store over ``pg_db``.
+* ``pg_platform_database`` / ``pg_platform_db``: the same for the Platform's own database, a fresh
+  database with the Platform's migration set (``platform_migrations/``) instead of the orchestrator's.
 * ``pg_scratch_dir``: an empty directory for a test's own embedded server; any server
   left in ``<dir>/pg18`` is stopped afterwards. It is not under pytest's ``tmp_path``:
   a concurrent pytest session chmods ``/tmp/pytest-of-<user>`` to 0700, which
@@ -73,6 +75,27 @@ async def pg_db(pg_database: PgTestDatabase) -> AsyncIterator[Database]:
     from kici.adapters.postgres.database import Database  # noqa: PLC0415
 
     async with Database.open(pg_database.conninfo, min_size=1, max_size=4) as db:
+        yield db
+
+
+@pytest.fixture
+def pg_platform_database(pg_server: PgTestServer) -> Iterator[PgTestDatabase]:
+    from kici.adapters.postgres.migrate import migrate_conninfo  # noqa: PLC0415
+    from kici.adapters.postgres.platform_store import load_platform_migrations  # noqa: PLC0415
+
+    database = pg_server.create_database(migrated=False)
+    try:
+        migrate_conninfo(database.conninfo, load_platform_migrations())
+        yield database
+    finally:
+        pg_server.drop_database(database.name)
+
+
+@pytest.fixture
+async def pg_platform_db(pg_platform_database: PgTestDatabase) -> AsyncIterator[Database]:
+    from kici.adapters.postgres.database import Database  # noqa: PLC0415
+
+    async with Database.open(pg_platform_database.conninfo, min_size=1, max_size=4) as db:
         yield db
 
 

@@ -1,7 +1,9 @@
 """Versioned SQL migrations, applied in order under an advisory lock.
 
 Migrations are the files ``migrations/NNNN_name.sql`` of this package, numbered
-from 1 without gaps. Each is applied in its own transaction that first takes
+from 1 without gaps (the Platform's own database has its own set, the files
+``platform_migrations/NNNN_name.sql``: ``load_migrations(directory=...)``). Each
+is applied in its own transaction that first takes
 ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, then re-reads
 ``schema_migrations``: several orchestrators starting against one database
 therefore apply each migration exactly once, and a crash mid-way leaves the
@@ -55,10 +57,12 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def load_migrations(package: str = __package__ or "kici.adapters.postgres") -> tuple[Migration, ...]:
-    """The package's migrations in version order; raises :class:`MigrationError` on a bad file set."""
+def load_migrations(
+    package: str = __package__ or "kici.adapters.postgres", directory: str = "migrations"
+) -> tuple[Migration, ...]:
+    """A migration set in version order; raises :class:`MigrationError` on a bad file set."""
     found: list[Migration] = []
-    for entry in (resources.files(package) / "migrations").iterdir():
+    for entry in (resources.files(package) / directory).iterdir():
         if not entry.name.endswith(".sql"):
             continue
         match = _NAME.match(entry.name)
@@ -107,12 +111,12 @@ def apply_migrations(
     return tuple(applied)
 
 
-def migrate_conninfo(conninfo: str) -> tuple[int, ...]:
-    """Connect, migrate, disconnect (blocking)."""
+def migrate_conninfo(conninfo: str, migrations: tuple[Migration, ...] | None = None) -> tuple[int, ...]:
+    """Connect, migrate (the orchestrator's set unless ``migrations`` is given), disconnect (blocking)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        return apply_migrations(conn)
+        return apply_migrations(conn, migrations)
 
 
-async def migrate(conninfo: str) -> tuple[int, ...]:
+async def migrate(conninfo: str, migrations: tuple[Migration, ...] | None = None) -> tuple[int, ...]:
     """:func:`migrate_conninfo` in a worker thread; run it before the pool opens."""
-    return await trio.to_thread.run_sync(migrate_conninfo, conninfo)
+    return await trio.to_thread.run_sync(migrate_conninfo, conninfo, migrations)

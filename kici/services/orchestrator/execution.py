@@ -59,7 +59,14 @@ from kici.services.orchestrator.dispatcher import (
 )
 from kici.services.orchestrator.startup import startup_sweep
 from kici.services.orchestrator.timers import DeadlineScheduler, Sweeper
-from kici.services.orchestrator.tracker import CancelOutcome, CancelResult, Tracker, TrackerSettings
+from kici.services.orchestrator.tracker import (
+    NO_OBSERVER,
+    CancelOutcome,
+    CancelResult,
+    ExecutionObserver,
+    Tracker,
+    TrackerSettings,
+)
 
 _log = structlog.get_logger(__name__)
 
@@ -189,11 +196,13 @@ def build_execution(
     db_url_for_listener: str | None,
     clock: Clock,
     source_resolver: DispatchSourceResolver | None = None,
+    observer: ExecutionObserver = NO_OBSERVER,
 ) -> ExecutionServices:
     """Wire the execution brain over ``stores``.
 
     ``db_url_for_listener`` is the conninfo of the LISTEN connection (None: no listener, the
     dispatcher moves only on ``wake()`` and its own writes, which suits tests with a single writer).
+    ``observer`` hears about every status the tracker writes (the Platform link's upstream telemetry).
     """
     registry = AgentRegistry()
     scheduler = DeadlineScheduler(clock)
@@ -223,6 +232,7 @@ def build_execution(
             stale_threshold_ms=settings.stale_threshold_ms,
             job_timeout_grace_ms=settings.job_timeout_grace_ms,
         ),
+        observer=observer,
     )
     hub = AgentHub(
         agents=stores.agents,
@@ -256,6 +266,7 @@ __all__ = [
     "CancelResult",
     "DispatchSource",
     "DispatchSourceResolver",
+    "ExecutionObserver",
     "ExecutionServices",
     "ExecutionSettings",
     "Stores",

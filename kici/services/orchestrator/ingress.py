@@ -1,13 +1,16 @@
-"""``POST /webhooks/{provider}/{routing_key}``: webhooks straight from the sender (independent mode).
+"""``POST /webhooks/{provider}/{routing_key}``: webhooks straight from the sender (independent, hybrid).
 
-In independent mode no Platform sits in front of the orchestrator, so this route does the Platform's
-part of 30 §2 and the orchestrator's verdict in one request. ``{routing_key}`` is the source's routing
-key (``github:12345``, ``generic:__default__:app``) or its name; ``{provider}`` must be the source's
-provider. The answer, first decisive step wins:
+Without a Platform in front of the orchestrator, this route does the Platform's part of 30 §2 and
+the orchestrator's verdict in one request. ``{routing_key}`` is the source's routing key
+(``github:12345``, ``generic:__default__:app``) or its name; ``{provider}`` must be the source's
+provider. In platform mode direct webhooks are refused (50 §1: "webhooks only through the Platform WS
+relay"): the route stays mounted and answers 403 ``{rejected, reason}``, so a sender pointed at the
+wrong URL learns why. The answer, first decisive step wins:
 
 ====  ===============================================================  ================================
 step  condition                                                        response
 ====  ===============================================================  ================================
+0     platform mode (direct webhooks disabled)                         403 ``{rejected, reason}``
 1     no such source, provider mismatch, source disabled               404 ``{rejected, reason}``
 2     body above the source's limit (25 MiB GitHub, else ≤ 10 MiB)     413 ``{rejected, reason, maxBytes}``
 3     non-GitHub source over ``rate_limit_rpm`` in 60 s                429 + ``Retry-After``
@@ -27,6 +30,11 @@ even parsed, so a forged or malformed request leaves no trace but a metric and a
 ids: GitHub's ``x-github-delivery``; for the other providers ``<routing_key>:<id>`` with the id from
 the idempotency key, the forge's delivery header, else a fresh uuid4 (30 §2 step 8). The
 idempotency window of step 6 of 30 §2 is the dedup window here (24 h), which is stricter.
+
+Steps 2 to 6 are :func:`check_size` and :func:`admit`, which the Platform relay
+(:mod:`.platform_link`) runs on a reassembled body too, so a webhook is judged the same whichever
+way it arrived; only the way the answer travels differs (an HTTP status here, a ``webhook.ack``
+verdict there).
 """
 
 from __future__ import annotations
@@ -86,6 +94,8 @@ class IngressState:
     metrics: OrchestratorMetrics | None = None
     windows: dict[str, RateWindow] = attrs.field(factory=dict)
     new_id: Callable[[], str] = lambda: str(uuid.uuid4())
+    direct_enabled: bool = True
+    """False in platform mode: the route refuses every webhook (403)."""
 
 
 def json_response(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
@@ -121,13 +131,35 @@ def _json_object(body: bytes) -> Mapping[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _too_large(source: SourceConfig) -> Rejection:
+    return Rejection(413, "too_large", "payload too large", maxBytes=source.max_payload_bytes)
+
+
+def check_size(source: SourceConfig, size: int) -> None:
+    """Step 2 for a body already in memory (the relay's reassembled bytes)."""
+    if size > source.max_payload_bytes:
+        raise _too_large(source)
+
+
 async def _body(source: SourceConfig) -> bytes:
     body = await read_limited(source.max_payload_bytes)
     if body is None:
-        rejection = Rejection(413, "too_large", "payload too large", maxBytes=source.max_payload_bytes)
+        rejection = _too_large(source)
         rejection.headers["connection"] = "close"
         raise rejection
     return body
+
+
+def _direct_allowed(state: IngressState) -> None:
+    """The body of a refused request is never read, so the answer closes the connection."""
+    if not state.direct_enabled:
+        rejection = Rejection(
+            403,
+            "direct_disabled",
+            "direct webhooks are disabled in platform mode; deliver them through the Platform",
+        )
+        rejection.headers["connection"] = "close"
+        raise rejection
 
 
 def _find(state: IngressState, provider: str, key: str) -> SourceConfig:
@@ -150,12 +182,13 @@ def _rate_limit(state: IngressState, source: SourceConfig) -> None:
         raise rejection
 
 
-async def _verify(state: IngressState, source: SourceConfig, body: bytes, headers: Mapping[str, str]) -> None:
+async def _verify(
+    state: IngressState, source: SourceConfig, body: bytes, headers: Mapping[str, str], client_ip: str | None
+) -> None:
     try:
         candidates = await state.book().inbound(source)
     except SecretReadError as exc:
         raise Rejection(500, "misconfigured", "the webhook secret could not be read") from exc
-    client_ip = resolve_client_ip(headers, request.remote_addr)
     verdicts: list[InboundVerdict] = [
         verify_inbound(
             source.routing_key, body, headers, sig_name=None, sig_value=None, client_ip=client_ip, source=c
@@ -193,7 +226,13 @@ def _github_info(
 
 
 def _generic_info(
-    state: IngressState, source: SourceConfig, body: bytes, headers: Mapping[str, str], request_id: str
+    state: IngressState,
+    source: SourceConfig,
+    body: bytes,
+    headers: Mapping[str, str],
+    request_id: str,
+    *,
+    delivery_fallback: Callable[[], str],
 ) -> WebhookInfo | None:
     """``None`` when the event is filtered out (step 6)."""
     bundle = state.book().registry.get(source.routing_key)
@@ -218,7 +257,7 @@ def _generic_info(
     if event is None or (source.allowed_events and event not in source.allowed_events):
         return None
     key = idempotency_key(source.generic_source(), headers, payload)
-    delivery = key or normalizer.extract_delivery_id(headers) or state.new_id()
+    delivery = key or normalizer.extract_delivery_id(headers) or delivery_fallback()
     action = payload.get("action")
     return WebhookInfo(
         routing_key=source.routing_key,
@@ -231,31 +270,52 @@ def _generic_info(
     )
 
 
+async def admit(
+    state: IngressState,
+    source: SourceConfig,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    client_ip: str | None,
+    request_id: str,
+    delivery_fallback: Callable[[], str] | None = None,
+) -> WebhookInfo | None:
+    """Steps 3 to 6 for a body within the source's limit; raises :class:`Rejection`.
+
+    ``headers`` are lower-cased; ``client_ip`` is what the IP allow-list checks. The result is the
+    delivery for the pipeline, or ``None`` when the event is filtered out (step 6).
+    ``delivery_fallback`` names a non-GitHub delivery that carries no id of its own (default: a
+    fresh uuid4; the relay passes the Platform's delivery id, so its retries deduplicate).
+    """
+    _rate_limit(state, source)
+    await _verify(state, source, body, headers, client_ip)
+    if source.is_github:
+        return _github_info(source, body, headers, request_id)
+    return _generic_info(
+        state, source, body, headers, request_id, delivery_fallback=delivery_fallback or state.new_id
+    )
+
+
+def count_rejection(state: IngressState, rejection: Rejection, **where: Any) -> None:
+    """The metric and the log line of a refused webhook (whichever way it came)."""
+    if state.metrics is not None:
+        state.metrics.webhooks_rejected.labels(reason=rejection.reason).inc()
+    _log.warning("webhook rejected", status=rejection.status, reason=str(rejection), **where)
+
+
 async def handle_webhook(state: IngressState, provider: str, routing_key: str) -> Response:
     """The route body; see the module docstring for the decision table."""
     request_id = request.headers.get("x-request-id") or state.new_id()
     metrics = state.metrics
     try:
+        _direct_allowed(state)
         source = _find(state, provider, routing_key)
         body = await _body(source)
-        _rate_limit(state, source)
         headers = lower_headers(dict(request.headers))
-        await _verify(state, source, body, headers)
-        if source.is_github:
-            info: WebhookInfo | None = _github_info(source, body, headers, request_id)
-        else:
-            info = _generic_info(state, source, body, headers, request_id)
+        client_ip = resolve_client_ip(headers, request.remote_addr)
+        info = await admit(state, source, body, headers, client_ip=client_ip, request_id=request_id)
     except Rejection as rejection:
-        if metrics is not None:
-            metrics.webhooks_rejected.labels(reason=rejection.reason).inc()
-        _log.warning(
-            "webhook rejected",
-            provider=provider,
-            source=routing_key,
-            status=rejection.status,
-            reason=str(rejection),
-            request_id=request_id,
-        )
+        count_rejection(state, rejection, provider=provider, source=routing_key, request_id=request_id)
         return json_response(rejection.status, rejection.body, rejection.headers)
     if info is None:
         return json_response(200, {"accepted": True, "status": "filtered"})
@@ -279,4 +339,15 @@ def register_ingress(app: Quart, state: IngressState) -> None:
     app.add_url_rule(ROUTE, "webhook", webhook, methods=["POST"])
 
 
-__all__ = ["ROUTE", "IngressState", "handle_webhook", "json_response", "read_limited", "register_ingress"]
+__all__ = [
+    "ROUTE",
+    "IngressState",
+    "Rejection",
+    "admit",
+    "check_size",
+    "count_rejection",
+    "handle_webhook",
+    "json_response",
+    "read_limited",
+    "register_ingress",
+]

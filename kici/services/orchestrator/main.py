@@ -7,13 +7,21 @@ execution services, then runs under one nursery:
 
 * the HTTP/WebSocket server (webhooks, ``/api/v1``, ``/ws``, ``/health``, ``/ready``, ``/metrics``);
 * the execution services (dispatcher, agent hub, timers, startup sweep);
+* in ``platform`` and ``hybrid`` mode (50 §1) the Platform link (:mod:`.platform_link`): relayed
+  webhooks, upstream telemetry fed by the tracker's observer, dashboard requests. In ``platform``
+  mode the direct ``/webhooks`` route answers 403 (webhooks come only through the relay); in
+  ``hybrid`` mode both paths take webhooks and the delivery dedup makes a delivery that carries its
+  own id (GitHub's, an idempotency key) count once whichever way it came. The mode is read at
+  start: a reload that changes it is logged and waits for a restart; a reload that changes
+  ``platform.url`` / ``platform.token`` reconnects the link, one that changes ``sources:`` registers
+  them again;
 * SIGHUP hot reload: validate, then swap; restart-only fields keep their value and are logged; a
   changed ``sources:`` section rebuilds the provider registry;
 * SIGTERM / SIGINT: the ordered shutdown of 50 §11 (OPS-17) -- stop intake (webhooks and the API
-  answer 503, ``/ready`` 503), stop the execution services (agents are closed with 1001 and their
-  jobs wait for the next boot's sweep), stop the HTTP server (open connections get a grace period),
-  close the pool, stop the embedded PostgreSQL -- and exit 0. A fatal error takes the same path and
-  exits 1.
+  answer 503, ``/ready`` 503), close the Platform link (1000; relayed webhooks being processed get a
+  short grace), stop the execution services (agents are closed with 1001 and their jobs wait for
+  the next boot's sweep), stop the HTTP server (open connections get a grace period), close the
+  pool, stop the embedded PostgreSQL -- and exit 0. A fatal error takes the same path and exits 1.
 
 The admin token of the REST API: ``KICI_BOOTSTRAP_ADMIN_TOKEN`` when set; otherwise the first boot
 generates ``kadm_<64 hex>``, prints ``KICI Admin Token: <token>`` once on stderr (not through the
@@ -58,10 +66,11 @@ from kici.adapters.postgres.queue_store import PgDispatchQueue
 from kici.adapters.postgres.registration_store import PgRegistrationStore
 from kici.adapters.postgres.runtime import EMBEDDED_DBNAME, open_postgres
 from kici.adapters.postgres.webhook_store import PgWebhookStore
+from kici.adapters.ws.client import connect
 from kici.adapters.ws.server import serve
 from kici.domain.config import ConfigError, HostFacts, Tier, resolve_data_dir
 from kici.domain.config.reload import ReloadPlan
-from kici.domain.config.schema import OrchestratorConfig
+from kici.domain.config.schema import Mode, OrchestratorConfig
 from kici.domain.config.sources import SecretKind
 from kici.domain.store import AgentType, NewAgentToken
 from kici.domain.webhooks.lock_cache import LockCache
@@ -80,7 +89,16 @@ from kici.services.orchestrator.ingress import IngressState
 from kici.services.orchestrator.logging import MASKER, configure_logging
 from kici.services.orchestrator.metrics import OrchestratorMetrics, instrument_execution, state_refresher
 from kici.services.orchestrator.pipeline import PipelineDeps
+from kici.services.orchestrator.platform_link import (
+    LinkParts,
+    LinkSettings,
+    PlatformLink,
+    build_platform_link,
+    links_to_platform,
+)
 from kici.services.orchestrator.sources import RegistryDispatchSources, SourceBook, build_source_book
+from kici.services.orchestrator.tracker import NO_OBSERVER
+from kici.services.orchestrator.upstream import PgReplayQueries, UpstreamForwarder
 
 _log = structlog.get_logger("kici.orchestrator")
 
@@ -89,6 +107,7 @@ EXIT_FATAL = 1
 ADMIN_TOKEN_FILE = "admin-token.sha256"
 ADMIN_TOKEN_PREFIX = "kadm_"
 AGENT_TOKEN_PREFIX = "kat_"
+PLATFORM_STOP_S = 15.0
 
 
 # --- startup pieces -----------------------------------------------------------------------------
@@ -160,10 +179,13 @@ def _stores(db: Database) -> Stores:
 
 @attrs.define
 class Live:
-    """What a reload swaps: the source book and the admin auth (read per request)."""
+    """What a reload swaps: the source book and the admin auth (read per request), and the Platform
+    link that must hear about new sources or credentials."""
 
     book: SourceBook
     auth: AdminAuth
+    link: PlatformLink | None = None
+    instance_id: str | None = None
 
 
 class _Part:
@@ -204,8 +226,18 @@ def _on_reload(
         if new.sources != old.sources:
             live.book = build_source_book(new.sources)
             _log.info("sources reloaded", sources=[s.name for s in new.sources])
+            if live.link is not None:
+                live.link.sources_changed()
         if new.secrets.bootstrap_admin_token != old.secrets.bootstrap_admin_token:
             live.auth = admin_auth(new, data_dir)
+        if new.server.mode != old.server.mode:
+            _log.warning(
+                "server.mode changed; the Platform link and the direct route follow it after a restart",
+                old=old.server.mode.value,
+                new=new.server.mode.value,
+            )
+        elif live.link is not None and links_to_platform(new):
+            live.link.reconfigure(LinkSettings.from_config(new, live.instance_id))
         metrics.config_version.set(holder.version)
 
     return applied
@@ -227,8 +259,14 @@ class Lifecycle:
             self.scope.cancel()
 
 
-async def run_orchestrator(config: OrchestratorConfig, config_path: str | None, data_dir: Path) -> None:
-    """Run until SIGTERM/SIGINT; see the module docstring for the order of things."""
+async def run_orchestrator(
+    config: OrchestratorConfig, config_path: str | None, data_dir: Path, instance_id: str | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT; see the module docstring for the order of things.
+
+    ``instance_id`` is how this process names itself to the Platform (``source.register``) and in
+    forwarded job statuses.
+    """
     life = Lifecycle()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -239,20 +277,26 @@ async def run_orchestrator(config: OrchestratorConfig, config_path: str | None, 
 
             nursery.start_soon(watch)
             with life.scope:
-                await _serve(config, config_path, data_dir, life)
+                await _serve(config, config_path, data_dir, life, instance_id)
             nursery.cancel_scope.cancel()
     _log.info("orchestrator stopped")
 
 
 async def _serve(
-    config: OrchestratorConfig, config_path: str | None, data_dir: Path, life: Lifecycle
+    config: OrchestratorConfig,
+    config_path: str | None,
+    data_dir: Path,
+    life: Lifecycle,
+    instance_id: str | None = None,
 ) -> None:
     clock = SystemClock()
     started_at = clock.monotonic()
     metrics = OrchestratorMetrics()
     holder = ConfigHolder(config)
     metrics.config_version.set(holder.version)
-    live = Live(build_source_book(config.sources), admin_auth(config, data_dir))
+    instance_id = instance_id or config.cluster.instance_id
+    live = Live(build_source_book(config.sources), admin_auth(config, data_dir), instance_id=instance_id)
+    linked = links_to_platform(config)
     reloader = ConfigReloader(
         holder,
         threaded(lambda: load_orchestrator(config_path)),
@@ -260,12 +304,24 @@ async def _serve(
     )
     async with open_postgres(config.database.url, data_dir) as pg:
         stores = _stores(pg.database)
+        forwarder = (
+            UpstreamForwarder(
+                execution=stores.execution,
+                replay=PgReplayQueries(pg.database),
+                clock=clock,
+                orchestrator_id=instance_id,
+                replay_window_hours=config.platform.replay_window_hours,
+            )
+            if linked
+            else None
+        )
         services = build_execution(
             ExecutionSettings.from_config(config),
             stores,
             db_url_for_listener=pg.conninfo,
             clock=clock,
             source_resolver=RegistryDispatchSources(lambda: live.book),
+            observer=forwarder or NO_OBSERVER,
         )
         instrument_execution(metrics, services.hub, services.scheduler)
         lock_cache = LockCache(
@@ -300,9 +356,27 @@ async def _serve(
             return True
 
         intake = Intake()
+        ingress = IngressState(
+            book=lambda: live.book,
+            pipeline=pipeline,
+            clock=clock,
+            metrics=metrics,
+            direct_enabled=config.server.mode is not Mode.PLATFORM,
+        )
+        if forwarder is not None:
+            live.link = build_platform_link(
+                LinkParts(
+                    settings=LinkSettings.from_config(config, instance_id),
+                    forwarder=forwarder,
+                    ingress=ingress,
+                    cancel_run=services.tracker.cancel_run,
+                    book=lambda: live.book,
+                    connector=connect,
+                )
+            )
         app = build_app(
             AppParts(
-                ingress=IngressState(book=lambda: live.book, pipeline=pipeline, clock=clock, metrics=metrics),
+                ingress=ingress,
                 api=ApiState(
                     execution=stores.execution,
                     logs=stores.logs,
@@ -325,6 +399,8 @@ async def _serve(
             )
         )
         execution_part, http_part, reload_part = _Part("execution"), _Part("http"), _Part("reload")
+        platform_part = _Part("platform")
+        link = live.link
 
         async def reloads(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             async with trio.open_nursery() as inner:
@@ -337,6 +413,8 @@ async def _serve(
             bound = await nursery.start(
                 http_part.run, functools.partial(serve, app, host=config.server.host, port=config.server.port)
             )
+            if link is not None:
+                await nursery.start(platform_part.run, link.run)
             await nursery.start(reload_part.run, reloads)
             life.up = True
             _log.info(
@@ -344,10 +422,16 @@ async def _serve(
                 url=bound.url(),
                 mode=config.server.mode.value,
                 sources=[s.name for s in config.sources],
+                platform=config.platform.url if link is not None else None,
             )
             await life.stop.wait()
             intake.open = False
             await reload_part.stop()
+            if link is not None:
+                link.stop()
+                with trio.move_on_after(PLATFORM_STOP_S):
+                    await platform_part.done.wait()
+                await platform_part.stop()
             await execution_part.stop()
             await http_part.stop()
 
@@ -394,7 +478,7 @@ def _start(config_path: str | None) -> None:
     register_secrets(config)
     data_dir = _data_dir(config)
     try:
-        trio.run(run_orchestrator, config, config_path, data_dir)
+        trio.run(run_orchestrator, config, config_path, data_dir, instance)
     except Exception:
         _log.exception("orchestrator failed")
         sys.exit(EXIT_FATAL)

@@ -24,6 +24,12 @@ Choices where the spec is silent:
   whole connection (its other jobs are fine).
 * The workflow deadline cancels the run gracefully with reason ``workflow_timeout`` (10 §11), so the
   run ends ``cancelled``; a second cancel (from the API) escalates to force as usual.
+
+An :class:`ExecutionObserver` hears about every change it writes (the Platform link forwards them
+upstream, PRO-22). The calls are synchronous and must not block: an observer queues the news and
+reads the state itself, so a slow or disconnected Platform never slows down job tracking. A run is
+only named (``run_changed``), never described, so a missed or repeated call costs a re-read, not a
+wrong status.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import structlog
@@ -136,6 +142,35 @@ class CancelResult:
         return _HTTP_STATUS[self.outcome]
 
 
+class ExecutionObserver(Protocol):
+    """Told about execution changes as they are written; see the module docstring."""
+
+    def run_changed(self, run_id: uuid.UUID) -> None:
+        """The run or one of its jobs may have a new status (also sent for a run's first queued job)."""
+
+    def step_reported(self, message: StepStatusMessage) -> None:
+        """An agent's step status was accepted and stored."""
+
+    def log_reported(self, message: LogChunk) -> None:
+        """An agent's log chunk was accepted and stored."""
+
+
+class NoObserver:
+    """The default observer: nobody listens (independent mode)."""
+
+    def run_changed(self, run_id: uuid.UUID) -> None:
+        return None
+
+    def step_reported(self, message: StepStatusMessage) -> None:
+        return None
+
+    def log_reported(self, message: LogChunk) -> None:
+        return None
+
+
+NO_OBSERVER = NoObserver()
+
+
 @attrs.frozen(kw_only=True)
 class TrackerSettings:
     recovery_grace_ms: float = 120_000
@@ -210,6 +245,7 @@ class Tracker:
         scheduler: DeadlineScheduler,
         clock: Clock,
         settings: TrackerSettings,
+        observer: ExecutionObserver = NO_OBSERVER,
     ) -> None:
         self._execution = execution
         self._queue = queue
@@ -219,6 +255,7 @@ class Tracker:
         self._scheduler = scheduler
         self._clock = clock
         self._settings = settings
+        self._observer = observer
         self.book = RecoveryBook(settings.recovery_grace_ms, settings.completed_grace_ms)
         self._live: dict[str, _Live] = {}
         self._watched: set[uuid.UUID] = set()
@@ -245,6 +282,7 @@ class Tracker:
 
     async def watch_run(self, run_id: uuid.UUID) -> None:
         """Arm the workflow deadline of ``run_id`` once, if it has one (EXE-26)."""
+        self._observer.run_changed(run_id)
         if run_id in self._watched:
             return
         self._watched.add(run_id)
@@ -278,6 +316,7 @@ class Tracker:
                 duration_ms=final.duration_ms,
                 failure_reason=final.failure_reason,
             )
+        self._observer.run_changed(run_id)
 
     @staticmethod
     def _log_gate(gate: GateOutcome) -> None:
@@ -345,6 +384,7 @@ class Tracker:
                 status=transition.status.value,
             )
             return None
+        self._observer.run_changed(job.run_id)
         if transition.status in TERMINAL_JOB_STATES:
             await self._finished(str(job.job_id), job.run_id, transition.gate)
         return transition.status
@@ -460,8 +500,11 @@ class Tracker:
                     job_id=message.job_id,
                     step=message.step_index,
                 )
+                return
         except JobNotFoundError:
             _log.info("step.status for an unknown job dropped", job_id=message.job_id)
+            return
+        self._observer.step_reported(message)
 
     async def on_log_chunk(self, agent: ConnectedAgent, message: LogChunk) -> None:
         job_uuid, run_uuid = _parse_uuid(message.job_id), _parse_uuid(message.run_id)
@@ -481,6 +524,8 @@ class Tracker:
             )
         except JobNotFoundError:
             _log.info("log.chunk for an unknown job dropped", job_id=message.job_id)
+            return
+        self._observer.log_reported(message)
 
     async def on_job_heartbeat(self, agent: ConnectedAgent, message: JobHeartbeat) -> None:
         job_uuid = _parse_uuid(message.job_id)

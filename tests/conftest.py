@@ -8,7 +8,9 @@ IDs fail collection (a typo would otherwise silently claim nothing), and
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,14 @@ def pytest_collection_modifyitems(
     out = config.getoption("--feature-map")
     if out:
         Path(out).write_text(json.dumps(mapping, indent=1, sort_keys=True), encoding="utf-8")
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """A daemon's ``main`` run in-process installs root log handlers on pytest's capture streams; left in
+    place they write to closed files in whichever test runs next on the worker."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

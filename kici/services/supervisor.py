@@ -9,7 +9,10 @@ comes back within about a second. There is no attempt limit.
 The loop ends for good only when
 
 - the link is stopped on purpose (`Supervisor.stop`): the connection is closed with 1000 and never
-  reopened, whatever its close code would say; or
+  reopened, whatever its close code would say. Only the session is cancelled; the connection itself
+  (and the transport's reader under it) stays up while the close frame goes out, so the peer's answer
+  ends the closing handshake at once. The wait for that answer is bounded by `STOP_CLOSE_TIMEOUT_S`,
+  then the connection is dropped: a stop must not hang on a black-holed peer; or
 - the server closes with a code whose reaction forbids reconnecting (`close_reaction`): 4010, the agent
   token was rejected or revoked (PRO-36), and 4030 for run-observer streams.
 
@@ -42,6 +45,8 @@ from kici.services.connection import ConnectionEnd
 _log = structlog.get_logger(__name__)
 
 STOP_REASON: Final = "Client shutdown"
+STOP_CLOSE_TIMEOUT_S: Final = 1.0
+"""How long an intentional stop waits for the peer's close frame before dropping the connection."""
 
 SessionRunner = Callable[[WsConnection], Awaitable[ConnectionEnd]]
 Jitter = Callable[[], float]
@@ -125,7 +130,9 @@ class Supervisor:
         self._name = name
         self._observer = observer
         self._stopping = False
+        self._stop_reason = STOP_REASON
         self._scope: trio.CancelScope | None = None
+        self._session_scope: trio.CancelScope | None = None
         self.state = SupervisorState.CONNECTING
         self.last_attempt: Attempt | None = None
         self.delays_ms: list[float] = []
@@ -144,17 +151,29 @@ class Supervisor:
         if self._observer is not None:
             self._observer.registered(self._name, attempts)
 
-    def stop(self) -> None:
-        """Stop for good: close the current connection with 1000 (or stop waiting) and end `run`."""
+    def stop(self, reason: str = STOP_REASON) -> None:
+        """Stop for good: close the current connection with 1000 and ``reason`` (or stop waiting or
+        connecting) and end `run`. Only the first call counts.
+
+        A running session is cancelled, not the connection under it: cancelling the connection too
+        would stop the transport's reader, and the closing handshake would then wait out the
+        adapter's close timeout for an answer nobody reads.
+        """
+        if self._stopping:
+            return
         self._stopping = True
-        if self._scope is not None:
-            self._scope.cancel()
+        self._stop_reason = reason
+        scope = self._scope if self._session_scope is None else self._session_scope
+        if scope is not None:
+            scope.cancel()
 
     async def run(self) -> SupervisorExit:
         while not self._stopping:
             with trio.CancelScope() as self._scope:
                 outcome = await self._attempt()
                 self.last_attempt = outcome
+                if self._stopping:
+                    break
                 if isinstance(outcome, ConnectionEnd) and not close_reaction(outcome.code).reconnect:
                     _log.error(
                         "link refused for good",
@@ -170,7 +189,7 @@ class Supervisor:
                 self._scheduled(_scheduled_event(self._name, self._backoff.attempt, delay_ms, outcome))
                 await trio.sleep(delay_ms / 1000.0)
         self.state = SupervisorState.STOPPED
-        return SupervisorExit(ExitReason.STOPPED, 1000, STOP_REASON)
+        return SupervisorExit(ExitReason.STOPPED, 1000, self._stop_reason)
 
     def _scheduled(self, event: ReconnectScheduled) -> None:
         _log.info(
@@ -191,15 +210,27 @@ class Supervisor:
             async with self._connect() as conn:
                 self.state = SupervisorState.CONNECTED
                 try:
-                    return await self._run_session(conn)
-                except ConnectionClosed as exc:
-                    return ConnectionEnd(exc.code, exc.reason, by_peer=True)
+                    return await self._session(conn)
                 finally:
                     if self._stopping:
-                        with trio.CancelScope(shield=True):
-                            await conn.close(1000, STOP_REASON)
+                        await self._close_for_stop(conn)
         except WsConnectError as exc:
             return ConnectFailed(str(exc))
+
+    async def _session(self, conn: WsConnection) -> ConnectionEnd:
+        scope = self._session_scope = trio.CancelScope()
+        try:
+            with scope:
+                return await self._run_session(conn)
+        except ConnectionClosed as exc:
+            return ConnectionEnd(exc.code, exc.reason, by_peer=True)
+        finally:
+            self._session_scope = None
+        return ConnectionEnd(1000, self._stop_reason, by_peer=False)
+
+    async def _close_for_stop(self, conn: WsConnection) -> None:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + STOP_CLOSE_TIMEOUT_S):
+            await conn.close(1000, self._stop_reason)
 
 
 def _scheduled_event(link: str, attempt: int, delay_ms: float, outcome: Attempt) -> ReconnectScheduled:
@@ -218,6 +249,7 @@ def _scheduled_event(link: str, attempt: int, delay_ms: float, outcome: Attempt)
 
 
 __all__ = [
+    "STOP_CLOSE_TIMEOUT_S",
     "STOP_REASON",
     "Attempt",
     "ConnectFailed",

@@ -16,6 +16,9 @@ and optionally through the misbehaving `TcpProxy`).
 Where the real server cannot know something, the suite asks for what it can: the quart/hypercorn server
 end learns of a close it did not send only as 1006 (``WsPair.server_sees_peer_codes`` is False), and the
 in-memory server end copies that by default.
+
+The client end can also ``ping`` (`PingingWsConnection`): the pong comes whether or not the server's
+application reads, and a ping never outlives the connection, however the connection ends.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import pytest
@@ -42,14 +45,27 @@ SMALL_LIMIT: Final = 4096
 """The frame limit of the size tests: the same rule as 25 MiB without moving 25 MiB per test."""
 
 
+class PingingWsConnection(WsConnection, Protocol):
+    """The client end of the port: a ``WsConnection`` that can also ping.
+
+    ``ping`` waits for the pong; it raises ``ConnectionClosed`` once the connection is closed, also
+    when the close (local, by the peer, a reset) happens while it waits, and may wait as long as a
+    black-holed peer stays silent.
+    """
+
+    async def ping(self) -> None: ...
+
+
 @attrs.frozen
 class WsPair:
     """A connected client/server pair and what the suite may expect of it."""
 
-    client: WsConnection
+    client: PingingWsConnection
     server: WsConnection
     reset: Callable[[], None]
     """Tear the connection down without a close frame (a TCP reset)."""
+    silence: Callable[[], None]
+    """Make the server end stop answering pings from now on (a black hole, as far as pings go)."""
     server_sees_peer_codes: bool
     client_remote: RemoteAddress | None
     """What ``client.remote_addr`` must be, when the factory knows it."""
@@ -63,11 +79,16 @@ PairFactory = Callable[..., AbstractAsyncContextManager[WsPair]]
 @asynccontextmanager
 async def open_memory_pair(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> AsyncIterator[WsPair]:
     client, server = memory_pair(max_message_size=max_message_size)
+
+    def silence() -> None:
+        server.answers_pings = False
+
     try:
         yield WsPair(
             client=client,
             server=server,
             reset=client.abort,
+            silence=silence,
             server_sees_peer_codes=False,
             client_remote=RemoteAddress("memory", 0),
             server_remote_host="memory",
@@ -124,11 +145,16 @@ async def open_real_pair(
             ) as client:
                 with trio.fail_after(_TIMEOUT_S):
                     server = await accepted_receive.receive()
+
+                def silence() -> None:
+                    proxy.blackhole = True
+
                 try:
                     yield WsPair(
                         client=client,
                         server=server,
                         reset=proxy.reset,
+                        silence=silence,
                         server_sees_peer_codes=False,
                         client_remote=RemoteAddress("127.0.0.1", proxy.port),
                         server_remote_host="127.0.0.1",
@@ -342,6 +368,54 @@ class WsContract:
             assert (await expect_closed(pair.client)).code == 1006
             assert (await expect_closed(pair.server)).code == 1006
 
+    @pytest.mark.feature("PRO-15")
+    async def test_client_ping_is_answered_while_the_server_app_does_not_read(
+        self, open_pair: PairFactory
+    ) -> None:
+        async with open_pair() as pair:
+            await pair.client.send("unread")
+            with trio.fail_after(_TIMEOUT_S):
+                for _ in range(3):
+                    await pair.client.ping()
+                assert await pair.server.receive() == "unread"
+                await pair.client.ping()
+
+    @pytest.mark.feature("PRO-15")
+    async def test_ping_after_a_close_raises_that_close(self, open_pair: PairFactory) -> None:
+        async with open_pair() as pair:
+            await pair.client.close(4006, "local")
+            with pytest.raises(ConnectionClosed) as local:
+                await pair.client.ping()
+            assert (local.value.code, local.value.reason) == (4006, "local")
+        async with open_pair() as pair:
+            await pair.server.close(4004, "Heartbeat timeout")
+            await expect_closed(pair.client)
+            with pytest.raises(ConnectionClosed) as remote:
+                await pair.client.ping()
+            assert (remote.value.code, remote.value.reason) == (4004, "Heartbeat timeout")
+
+    @pytest.mark.feature("PRO-15")
+    async def test_a_pending_ping_wakes_when_the_connection_drops(self, open_pair: PairFactory) -> None:
+        async with open_pair() as pair:
+            with trio.fail_after(_TIMEOUT_S):
+                await pair.client.ping()
+            pair.silence()
+            seen: list[ConnectionClosed] = []
+
+            async def ping() -> None:
+                try:
+                    await pair.client.ping()
+                except ConnectionClosed as closed:
+                    seen.append(closed)
+
+            with trio.fail_after(_TIMEOUT_S):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ping)
+                    await trio.sleep(0.2)
+                    assert not seen
+                    pair.reset()
+            assert [c.code for c in seen] == [1006]
+
     async def test_remote_addr_names_the_other_end(self, open_pair: PairFactory) -> None:
         async with open_pair() as pair:
             if pair.client_remote is not None:
@@ -354,6 +428,7 @@ class WsContract:
 __all__ = [
     "SMALL_LIMIT",
     "PairFactory",
+    "PingingWsConnection",
     "Tls",
     "WsContract",
     "WsPair",

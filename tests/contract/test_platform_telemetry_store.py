@@ -417,6 +417,15 @@ async def test_log_chunks_are_numbered_and_stored_once_per_message_id(
 
 
 @pytest.mark.feature("PRO-22")
+async def test_prepare_lines_are_stored_under_step_minus_one(store: PgPlatformTelemetryStore) -> None:
+    """Clone, load and rule lines come before the first step (10 §3); the Platform keeps them too."""
+    await store.append_log_chunk(ORG_A, CONN, chunk("r1", "j1", -1, ["cloning"], message_id="p1"))
+    page = await store.read_log_chunks(ORG_A, "r1", "j1", step_index=-1)
+    assert [(c.step_index, c.lines) for c in page.chunks] == [(-1, ("cloning",))]
+    assert (await store.read_step_lines(ORG_A, "r1", "j1", -1)).lines == ("cloning",)
+
+
+@pytest.mark.feature("PRO-22")
 async def test_read_step_lines_resumes_inside_a_chunk(store: PgPlatformTelemetryStore) -> None:
     for lines in (["0", "1", "2"], ["3", "4"], ["5"]):
         await store.append_log_chunk(ORG_A, CONN, chunk("r1", "j1", 2, lines))

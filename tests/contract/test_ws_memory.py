@@ -103,3 +103,23 @@ def test_any_frames_arrive_in_order_and_any_reason_is_cut_safely(frames: list[st
         assert len(closed.reason.encode("utf-8")) <= MAX_CLOSE_REASON_BYTES
 
     trio.run(main)
+
+
+@pytest.mark.feature("PRO-33", "PRO-15")
+async def test_a_silent_peer_leaves_a_ping_waiting_until_the_local_close() -> None:
+    client, server = memory_pair()
+    server.answers_pings = False
+    seen: list[ConnectionClosed] = []
+
+    async def ping() -> None:
+        try:
+            await client.ping()
+        except ConnectionClosed as closed:
+            seen.append(closed)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ping)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not seen
+        await client.close(4004, "No pong from the orchestrator")
+    assert [(c.code, c.reason) for c in seen] == [(4004, "No pong from the orchestrator")]

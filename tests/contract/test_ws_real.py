@@ -117,6 +117,16 @@ async def test_serve_binds_a_free_port_and_reports_it() -> None:
             assert client.remote_addr.port == bound.port
 
 
+@pytest.mark.feature("PRO-33")
+async def test_an_http_url_dials_the_same_websocket() -> None:
+    """The config accepts ``http://`` for the orchestrator and Platform URLs; dialing it must not crash."""
+    async with _served(_echo_app()) as bound, connect(bound.url("/ws")) as client:
+        assert bound.url("/ws").startswith("http://")
+        await client.send("hello")
+        with trio.fail_after(5):
+            assert await client.receive() == "hello"
+
+
 @pytest.mark.feature("PRO-04")
 async def test_default_limit_is_25_mib_on_both_ends() -> None:
     app = _echo_app()
@@ -269,3 +279,24 @@ async def test_accept_websocket_needs_an_app_from_create_app() -> None:
             async with connect(bound.url("/ws", websocket=True)):
                 pass
     assert len(errors) == 1
+
+
+@pytest.mark.feature("PRO-33", "PRO-15")
+async def test_a_pending_ping_wakes_on_a_local_close_of_a_black_holed_connection() -> None:
+    proxies: list[TcpProxy] = []
+    async with open_real_pair(proxy_hook=proxies.append, close_timeout=0.3) as pair:
+        proxies[0].blackhole = True
+        seen: list[ConnectionClosed] = []
+
+        async def ping() -> None:
+            try:
+                await pair.client.ping()
+            except ConnectionClosed as closed:
+                seen.append(closed)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ping)
+                await trio.sleep(0.1)
+                await pair.client.close(4004, "No pong from the orchestrator")
+    assert [(c.code, c.reason) for c in seen] == [(4004, "No pong from the orchestrator")]

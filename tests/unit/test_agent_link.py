@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from kici.adapters.ws.client import connect
 from kici.domain.liveness import LivenessThresholds
-from kici.domain.ports import ConnectionClosed, WsConnection, WsConnector
+from kici.domain.ports import ConnectionClosed, RemoteAddress, WsConnection, WsConnector
 from kici.domain.protocol import (
     AgentAuthRequest,
     AgentLog,
@@ -266,8 +266,38 @@ async def running_link(
             link.stop()
 
 
+@attrs.frozen
+class TextOnly:
+    """A connection seen through the bare ``WsConnection`` port, without ``ping``.
+
+    The link then runs without its pong probe and keeps no statuses in transit (link.py), so what it
+    replays does not depend on when a pong happens to arrive; the liveness tests cover the pinging
+    transport the daemon uses.
+    """
+
+    conn: WsConnection
+
+    @property
+    def remote_addr(self) -> RemoteAddress:
+        return self.conn.remote_addr
+
+    async def send(self, text: str) -> None:
+        await self.conn.send(text)
+
+    async def receive(self) -> str:
+        return await self.conn.receive()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self.conn.close(code, reason)
+
+
 def ws(url: str) -> WsConnector:
-    return lambda: connect(url)
+    @asynccontextmanager
+    async def open_connection() -> AsyncIterator[WsConnection]:
+        async with connect(url) as conn:
+            yield TextOnly(conn)
+
+    return open_connection
 
 
 def dispatch(job_id: str | None = None, run_id: str = "run-1") -> JobDispatch:
@@ -419,7 +449,7 @@ async def test_stop_closes_1000_and_never_reconnects() -> None:
         await trio.sleep(0.2)
         assert len(orch.connections) == 1
     assert running.link.supervisor.delays_ms == []
-    assert outcome.refused is False
+    assert outcome == LinkExit(False, "Agent shutting down", 1000)
     assert running.link.state is LinkState.STOPPED
 
 

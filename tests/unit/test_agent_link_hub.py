@@ -15,23 +15,18 @@ import attrs
 import pytest
 import trio
 
-from kici.adapters.ws.client import connect
 from kici.domain.execution.states import JobStatus, RunStatus
 from kici.domain.protocol import CloseCode, JobState, StepState
 from kici.services.agent.identity import AgentIdentity, register_labels
 from kici.services.agent.link import LinkState
 from kici.testing.tcp_proxy import open_tcp_proxy
 from tests.contract.test_orch_engine_hub import Engine, engine, job
-from tests.unit.test_agent_link import FACTS, FAST, WAIT_S, running_link, wait_state
+from tests.unit.test_agent_link import FACTS, FAST, WAIT_S, running_link, wait_state, ws
 
 pytestmark = pytest.mark.pg
 __all__ = ["engine"]
 
 IDENTITY = AgentIdentity(agent_id="a1", labels=register_labels(["linux"], FACTS), facts=FACTS)
-
-
-def ws(url: str):  # type: ignore[no-untyped-def]
-    return lambda: connect(url)
 
 
 async def wait_agent(engine: Engine, agent_id: str) -> None:

@@ -17,6 +17,8 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
+from kici.adapters.ws.client import TrioWsConnection
+from kici.adapters.ws.memory import MemoryWsConnection
 from kici.domain.protocol import (
     AgentLog,
     AgentRegister,
@@ -29,7 +31,7 @@ from kici.domain.protocol import (
     StepStatus,
 )
 from kici.services.agent.link import PONG_TIMEOUT_REASON, LinkState, SupportsPing
-from kici.services.agent.main import PingingConnection, orchestrator_connector
+from kici.services.agent.main import orchestrator_connector
 from kici.services.connection import ConnectionEnd
 from kici.testing.tcp_proxy import open_tcp_proxy
 from tests.unit.test_agent_link import FAST, dispatch, running_link, scripted, wait_state
@@ -111,5 +113,10 @@ async def test_a_black_holed_orchestrator_is_noticed_and_its_lost_statuses_repla
 
 
 @pytest.mark.feature("PRO-15", "PRO-33")
-def test_the_daemon_transport_can_ping() -> None:
-    assert issubclass(PingingConnection, SupportsPing)
+async def test_the_daemon_transport_and_the_memory_pair_can_ping() -> None:
+    assert issubclass(TrioWsConnection, SupportsPing)
+    assert issubclass(MemoryWsConnection, SupportsPing)
+    async with scripted() as (_orch, url), orchestrator_connector(url)() as conn:
+        assert isinstance(conn, SupportsPing)
+        with trio.fail_after(10):
+            await conn.ping()

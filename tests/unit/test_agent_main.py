@@ -120,11 +120,29 @@ def test_a_reserved_label_is_a_startup_error(
     assert "KICI_LABELS" in err
 
 
+@pytest.mark.feature("ISO-11")
 def test_an_execution_mode_without_a_backend_is_refused() -> None:
+    for mode in ("container", "firecracker"):
+        with pytest.raises(StartupError) as raised:
+            choose_sandbox(config_of(orchestratorUrl="ws://h:4000/ws", executionMode=mode))
+        assert "KICI_EXECUTION_MODE" in raised.value.where
+        assert mode in raised.value.what
+        assert "bare-metal" in raised.value.fix
+
+
+@pytest.mark.feature("ISO-11")
+def test_a_scaler_managed_agent_without_a_mode_would_be_firecracker() -> None:
     with pytest.raises(StartupError) as raised:
-        choose_sandbox(config_of(orchestratorUrl="ws://h:4000/ws", executionMode="container"))
-    assert "KICI_EXECUTION_MODE" in raised.value.where
-    assert "bare-metal" in raised.value.fix
+        choose_sandbox(config_of(orchestratorUrl="ws://h:4000/ws", scaler={"managed": True}))
+    assert "'firecracker'" in raised.value.what
+    assert "KICI_SCALER_MANAGED" in raised.value.where
+    explicit = config_of(
+        orchestratorUrl="ws://h:4000/ws",
+        scaler={"managed": True},
+        executionMode="bare-metal",
+        sandbox={"enabled": False},
+    )
+    assert isinstance(choose_sandbox(explicit), ProcessSandbox)
 
 
 @pytest.mark.feature("ISO-07")

@@ -16,7 +16,9 @@ from kici.domain.config.schema import (
     SandboxNetwork,
     StorageType,
 )
+from kici.domain.config.typos import PLATFORM_NAMES
 from kici.domain.config.validate import load_agent_config, load_orchestrator_config
+from kici.services.platform import config as platform_config
 
 FILE = YamlSource("/etc/kici/orchestrator.yaml", {"server.prot": 7, "server.port": 3, "queue": 9})
 INDEPENDENT = {"KICI_MODE": "independent"}
@@ -158,6 +160,26 @@ def test_a_variable_of_the_other_tier_is_named_as_such() -> None:
     with pytest.raises(ConfigError) as caught:
         load_agent_config(None, {**AGENT, "KICI_AGENT_ENV_FOO": "1"})
     assert caught.value.problems[0].message == "configures the orchestrator, not the agent"
+
+
+@pytest.mark.feature("OPS-01", "CFG-04")
+def test_the_platform_s_own_variables_are_ignored_and_misspelt_platform_names_still_caught() -> None:
+    shared = dict.fromkeys(PLATFORM_NAMES, "1")
+    assert load_orchestrator_config(None, {**INDEPENDENT, **shared}).warnings == ()
+    assert load_agent_config(None, {**AGENT, **shared}).warnings == ()
+    assert rendered(None, {**INDEPENDENT, "KICI_PLATFORM_TOKN": "key"}) == [
+        "KICI_PLATFORM_TOKN: unknown variable. Did you mean KICI_PLATFORM_TOKEN? (KICI_DEV=true only warns)"
+    ]
+    assert rendered(None, {**INDEPENDENT, "KICI_PLATFORM_HOTS": "0.0.0.0"}) == [
+        "KICI_PLATFORM_HOTS: unknown variable. Did you mean KICI_PLATFORM_HOST, a kici-platform setting? "
+        "(KICI_DEV=true only warns)"
+    ]
+
+
+@pytest.mark.feature("OPS-01")
+def test_the_platform_names_known_here_are_exactly_what_kici_platform_reads() -> None:
+    assert frozenset(s.env for s in platform_config.SETTINGS) | {platform_config.CONFIG_ENV} == PLATFORM_NAMES
+    assert not PLATFORM_NAMES & platform_config.ORCHESTRATOR_NAMES
 
 
 @pytest.mark.feature("OPS-01")

@@ -10,6 +10,8 @@ import pytest
 
 from kici.domain.protocol import AgentRegister, CloseCode
 from kici.domain.store import AgentTokenRecord, AgentType
+from kici.services.agent.identity import HostFacts, register_labels
+from kici.services.agent.link import AUTH_FIX
 from kici.services.orchestrator.agent_hub import (
     PRIVILEGED_ROOT_LABEL,
     TOKEN_STATE_REASON,
@@ -113,3 +115,22 @@ def test_token_labels_are_normalised_and_null_means_unscoped() -> None:
     assert token_labels(token('["B", "a"]')) == {"a", "b"}
     assert token_labels(token(None)) is None
     assert token_labels(None) is None
+
+
+@pytest.mark.feature("PRO-08")
+def test_a_scoped_token_grants_the_automatic_role_labels_only_by_listing_them() -> None:
+    """20 §5.2 gate 1 exempts kici:os/arch/host only: a role routes privileged work, so the token grants
+    it. An agent on a token without roles registers with KICI_ROLES set to what the token lists."""
+    facts = HostFacts(hostname="Build-1", system="Linux", machine="x86_64")
+    every_role = register_labels(["linux"], facts)
+    assert {"kici:role:builder", "kici:role:init-runner"} <= set(every_role)
+    failure = refused(register(list(every_role)), token('["linux"]'))
+    assert failure.reason == "Labels not authorized by token: kici:role:builder, kici:role:init-runner"
+    register_gates(
+        register(list(every_role)), token('["linux", "kici:role:builder", "kici:role:init-runner"]'), None
+    )
+    no_roles = register_labels(["linux"], facts, roles=())
+    register_gates(register(list(no_roles)), token('["linux"]'), None)
+    builder = register_labels(["linux"], facts, roles=("builder",))
+    register_gates(register(list(builder)), token('["linux", "kici:role:builder"]'), None)
+    assert "KICI_ROLES" in AUTH_FIX

@@ -588,7 +588,7 @@ async def test_cancel_body_is_checked(platform: Platform) -> None:
 async def test_unknown_job_and_bad_log_parameters(platform: Platform) -> None:
     await seed(platform, "acme", "r1")
     assert (await get(platform, "alice", "/api/v1/runs/r1/jobs/nope/logs")).status_code == 404
-    for params in ({"step": "-1"}, {"cursor": "x"}, {"limit": "0"}, {"limit": "1001"}):
+    for params in ({"step": "-2"}, {"cursor": "x"}, {"limit": "0"}, {"limit": "1001"}):
         response = await get(platform, "alice", "/api/v1/runs/r1/jobs/build/logs", **params)
         assert response.status_code == 400, params
     one_step = (await get(platform, "alice", "/api/v1/runs/r1/jobs/build/logs", step="1")).json()

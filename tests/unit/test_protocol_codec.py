@@ -225,20 +225,17 @@ def test_empty_token_is_invalid() -> None:
     assert _decode_error(p.Direction.ORCH_TO_PLATFORM, text).kind == p.DecodeErrorKind.INVALID
 
 
-@pytest.mark.feature("PRO-01", "PRO-11")
-def test_step_index_must_not_be_negative() -> None:
-    text = json.dumps(
-        {
-            "type": "log.chunk",
-            "messageId": "m",
-            "runId": "r",
-            "jobId": "j",
-            "stepIndex": -1,
-            "lines": [],
-            "timestamp": 1,
-        }
-    )
-    assert _decode_error(p.Direction.AGENT_TO_ORCH, text).kind == p.DecodeErrorKind.INVALID
+@pytest.mark.feature("PRO-01", "PRO-11", "EXE-10")
+def test_a_log_chunk_step_index_is_a_step_or_the_prepare_bucket_minus_1() -> None:
+    def chunk(step_index: int) -> str:
+        fields = {"messageId": "m", "runId": "r", "jobId": "j", "lines": [], "timestamp": 1}
+        return json.dumps({"type": "log.chunk", **fields, "stepIndex": step_index})
+
+    prepare = p.decode(p.Direction.AGENT_TO_ORCH, chunk(-1))
+    assert isinstance(prepare, p.LogChunk)
+    assert prepare.step_index == -1
+    assert p.decode(p.Direction.ORCH_TO_PLATFORM, chunk(-1)) == prepare
+    assert _decode_error(p.Direction.AGENT_TO_ORCH, chunk(-2)).kind == p.DecodeErrorKind.INVALID
 
 
 # --- bad input never escapes as another exception -------------------------------------------

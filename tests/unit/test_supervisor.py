@@ -1,9 +1,11 @@
 """The client reconnect loop under MockClock over the in-memory listener (PRO-06, PRO-36, PRO-03): the
 backoff sequence with injected jitter, reset after registration, no reconnect after 4010 or an
-intentional stop, buffers that outlive each connection."""
+intentional stop, buffers that outlive each connection; and, over the real client and server, an
+intentional stop that completes the closing handshake at once instead of waiting out the close timeout."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -11,7 +13,9 @@ import pytest
 import trio
 import trio.testing
 
+from kici.adapters.ws.client import connect
 from kici.adapters.ws.memory import MemoryListener, MemoryWsConnection
+from kici.adapters.ws.server import accept_websocket, create_app, serve
 from kici.domain.backoff import delay_ms
 from kici.domain.buffers import RingBuffer
 from kici.domain.ports import ConnectionClosed, WsConnection
@@ -169,6 +173,76 @@ async def test_stop_while_connected_closes_1000_and_never_reconnects(
     assert (closed.code, closed.reason) == (1000, STOP_REASON)
     assert outcomes == [SupervisorExit(ExitReason.STOPPED, 1000, STOP_REASON)]
     assert listener.connects == 1
+
+
+async def test_stop_mid_session_closes_with_its_reason_and_schedules_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    listener = MemoryListener(exact_peer_codes=True)
+    cancelled: list[bool] = []
+
+    async def session(conn: WsConnection) -> ConnectionEnd:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.append(True)
+            raise
+        raise AssertionError("unreachable")
+
+    supervisor = Supervisor(listener.connect, session)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        server = await listener.accept()
+        await trio.testing.wait_all_tasks_blocked()
+        supervisor.stop("Agent shutting down")
+        supervisor.stop("a second stop changes nothing")
+        closed = await expect_closed(server)
+    assert (closed.code, closed.reason) == (1000, "Agent shutting down")
+    assert cancelled == [True]
+    assert supervisor.delays_ms == []
+    assert supervisor.last_attempt == ConnectionEnd(1000, "Agent shutting down", by_peer=False)
+    assert supervisor.state is SupervisorState.STOPPED
+
+
+@pytest.mark.feature("PRO-33", "PRO-03")
+async def test_a_stop_completes_the_closing_handshake_without_waiting_out_the_close_timeout() -> None:
+    """Cancelling the whole connection used to cancel the transport's reader too, so the close waited
+    its full timeout for an answer nobody read; the timeout here is far above the test's deadline."""
+    app = create_app(__name__)
+    server_saw: list[ConnectionClosed] = []
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        conn = await accept_websocket()
+        server_saw.append(await expect_closed(conn, within=60))
+
+    connected = trio.Event()
+
+    async def session(conn: WsConnection) -> ConnectionEnd:
+        connected.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(serve, app)
+        url = f"ws://127.0.0.1:{bound.port}/ws"
+        supervisor = Supervisor(functools.partial(connect, url, close_timeout=30.0), session)
+        outcome: list[SupervisorExit] = []
+
+        async def run() -> None:
+            outcome.append(await supervisor.run())
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as link:
+                link.start_soon(run)
+                await connected.wait()
+                supervisor.stop()
+            while not server_saw:  # noqa: ASYNC110 - the route reports through a list
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert outcome == [SupervisorExit(ExitReason.STOPPED, 1000, STOP_REASON)]
+    assert [closed.code for closed in server_saw] == [1006]
+    assert supervisor.delays_ms == []
 
 
 async def test_stop_while_waiting_ends_the_wait(autojump_clock: trio.testing.MockClock) -> None:

@@ -6,6 +6,10 @@ opening can fail (refused, DNS, TLS, HTTP rejection, timeout) into `WsConnectErr
 has one exception to retry on. Leaving the context closes with 1000 if nobody closed before, waiting at
 most ``close_timeout`` for the server's answer: a black-holed server must not hang a reconnect loop.
 Nothing is left behind: every path closes the TCP stream.
+
+Only the client can ``ping`` (a WebSocket ping, answered by the server's protocol layer whether or not
+its application reads): a link uses the pong as proof that the server is alive and received what was
+written before the ping.
 """
 
 from __future__ import annotations
@@ -60,12 +64,15 @@ class TrioWsConnection:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S,
+        reader_done: trio.Event | None = None,
     ) -> None:
         self._ws = ws
         self._stream = stream
         self._max_message_size = max_message_size
         self._close_timeout = close_timeout
         self._local_close: ConnectionClosed | None = None
+        self._closing = trio.Event()
+        self._reader_done = trio.Event() if reader_done is None else reader_done
         self._remote_addr = _address(ws.remote)
 
     @property
@@ -96,11 +103,44 @@ class TrioWsConnection:
             raise ConnectionClosed(MESSAGE_TOO_BIG, TOO_BIG_REASON)
         return message
 
+    async def ping(self) -> None:
+        """Send a WebSocket ping and wait for its pong.
+
+        Raises ``ConnectionClosed`` when the connection is or becomes closed before the pong (a local
+        close, the server's close, a reset); waits as long as a black-holed server stays silent, so the
+        caller bounds it.
+        """
+        if self._local_close is not None:
+            raise raised(self._local_close)
+        closed: ConnectionClosed | None = None
+
+        async def pong(scope: trio.CancelScope) -> None:
+            nonlocal closed
+            try:
+                await self._ws.ping()
+            except trio_websocket.ConnectionClosed as exc:
+                closed = self._local_close or _closed(exc.reason)
+            scope.cancel()
+
+        async def gone(event: trio.Event, scope: trio.CancelScope) -> None:
+            nonlocal closed
+            await event.wait()
+            closed = self._local_close or _closed(self._ws.closed)
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pong, nursery.cancel_scope)
+            nursery.start_soon(gone, self._closing, nursery.cancel_scope)
+            nursery.start_soon(gone, self._reader_done, nursery.cancel_scope)
+        if closed is not None:
+            raise raised(closed)
+
     async def close(self, code: int, reason: str = "") -> None:
         code, reason = close_frame(code, reason)
         if self._local_close is None:
             already = self._ws.closed
             self._local_close = _closed(already) if already is not None else ConnectionClosed(code, reason)
+            self._closing.set()
             if already is None:
                 with trio.move_on_after(self._close_timeout):
                     await self._ws.aclose(code, reason)
@@ -117,7 +157,11 @@ class TrioWsConnection:
 
 @attrs.frozen
 class _Target:
-    """Where a ``ws://``/``wss://`` URL points, and what the handshake request carries."""
+    """Where a ``ws://``/``wss://`` URL points, and what the handshake request carries.
+
+    ``http://``/``https://`` are read as ``ws://``/``wss://``: the config accepts them for the
+    orchestrator and Platform URLs (an operator pastes the server's address), so the dialer must too.
+    """
 
     host: str
     port: int
@@ -127,11 +171,11 @@ class _Target:
     @classmethod
     def parse(cls, url: str) -> _Target:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("ws", "wss"):
+        if parts.scheme not in ("ws", "wss", "http", "https"):
             raise ValueError(f"a WebSocket URL needs ws:// or wss://, got {url!r}")
         if not parts.hostname:
             raise ValueError(f"a WebSocket URL needs a host, got {url!r}")
-        tls = parts.scheme == "wss"
+        tls = parts.scheme in ("wss", "https")
         resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return cls(parts.hostname, parts.port or (443 if tls else 80), resource, tls)
 
@@ -146,13 +190,15 @@ class _ReaderGuard:
 
     The reader raises into its nursery when the server rejects the handshake, and simply returns when
     the connection drops mid-handshake while ``wrap_client_stream`` keeps waiting. The guard keeps those
-    errors out of the caller's code and ends the handshake wait whenever the reader stops.
+    errors out of the caller's code and ends the handshake wait whenever the reader stops. ``done`` is
+    set when the reader stops: nothing can arrive any more (a pending ping learns it from there).
     """
 
     def __init__(self, nursery: trio.Nursery, handshake: trio.CancelScope) -> None:
         self._nursery = nursery
         self._handshake = handshake
         self.error: Exception | None = None
+        self.done = trio.Event()
 
     def start_soon(self, reader: Callable[[], Awaitable[None]]) -> None:
         self._nursery.start_soon(self._run, reader)
@@ -164,6 +210,7 @@ class _ReaderGuard:
             self.error = exc
         finally:
             self._handshake.cancel()
+            self.done.set()
 
 
 async def _open_stream(
@@ -231,7 +278,11 @@ async def connect(
                 why = repr(guard.error) if guard.error else f"no handshake within {connect_timeout:g}s"
                 raise WsConnectError(f"cannot open {url}: {why}") from guard.error
             conn = TrioWsConnection(
-                ws, stream, max_message_size=max_message_size, close_timeout=close_timeout
+                ws,
+                stream,
+                max_message_size=max_message_size,
+                close_timeout=close_timeout,
+                reader_done=guard.done,
             )
             try:
                 yield conn

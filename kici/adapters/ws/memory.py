@@ -11,7 +11,10 @@ adapters' close semantics, including their blind spots:
   what it had not read yet, the sender still reads what arrived before the close;
 - the server end reports every close it did not send itself as 1006 with no reason, because that is all
   hypercorn tells a quart-trio app (``exact_peer_codes=True`` lifts this for tests that need it);
-- ``abort()`` ends the pair without a close frame (a reset): both ends see 1006.
+- ``abort()`` ends the pair without a close frame (a reset): both ends see 1006;
+- ``ping()`` is answered at once while the pair is open, the way hypercorn's protocol layer answers
+  whether or not the application reads; ``answers_pings = False`` on an end makes it a silent peer
+  (a black hole for pings): a ping waits until the pair closes, then raises its close.
 
 `MemoryListener` adds connect/accept on top, for client supervisors and server loops.
 """
@@ -62,6 +65,8 @@ class MemoryWsConnection:
         self._local_close: ConnectionClosed | None = None
         self._peer_close: ConnectionClosed | None = None
         self._peer: MemoryWsConnection | None = None
+        self._ended = trio.Event()
+        self.answers_pings = True
 
     @property
     def remote_addr(self) -> RemoteAddress:
@@ -96,6 +101,14 @@ class MemoryWsConnection:
         except trio.ClosedResourceError:
             raise raised(self._local_close) from None
 
+    async def ping(self) -> None:
+        """Wait for the peer's pong; raises ``ConnectionClosed`` once the pair is closed, even mid-wait."""
+        await trio.lowlevel.checkpoint()
+        self._raise_if_closed()
+        if not self._linked_peer().answers_pings:
+            await self._ended.wait()
+            self._raise_if_closed()
+
     async def close(self, code: int, reason: str = "") -> None:
         code, reason = close_frame(code, reason)
         await trio.lowlevel.checkpoint()
@@ -129,10 +142,12 @@ class MemoryWsConnection:
             ConnectionClosed(code, reason) if self._exact_peer_codes else ConnectionClosed(ABNORMAL_CLOSURE)
         )
         self._outbox.close()
+        self._ended.set()
 
     def _shut_channels(self) -> None:
         self._inbox.close()
         self._outbox.close()
+        self._ended.set()
 
     def _raise_if_local(self) -> None:
         if self._local_close is not None:

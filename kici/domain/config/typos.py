@@ -17,6 +17,13 @@ Which ``KICI_*`` names are known:
 
 ``KICI_DEV=true`` turns unknown variables into warnings (50 §9). A variable that belongs to the other
 tier (``KICI_DATABASE_URL`` in an agent's environment) is named as such instead of as a typo.
+
+The Platform's own variables (`PLATFORM_NAMES`: ``KICI_PLATFORM_HOST``, ``KICI_PLATFORM_PORT`` ...,
+read by kici-platform) are ignored: an environment shared with the Platform is a normal deployment,
+and the names cannot be taken for this tier's, the way kici-platform ignores the orchestrator's
+``KICI_PLATFORM_URL`` and ``KICI_PLATFORM_TOKEN``. Any other ``KICI_PLATFORM_*`` name is still an
+unknown variable, with the nearest name of this tier or of the Platform as the hint, so a misspelt
+``KICI_PLATFORM_TOKEN`` is caught.
 """
 
 import difflib
@@ -46,6 +53,28 @@ TOOL_NAMES = frozenset(
         "KICI_PATH",
     }
 )
+PLATFORM_NAMES = frozenset(
+    {
+        "KICI_PLATFORM_CONFIG",
+        "KICI_PLATFORM_HOST",
+        "KICI_PLATFORM_PORT",
+        "KICI_PLATFORM_PUBLIC_URL",
+        "KICI_PLATFORM_DATABASE_URL",
+        "KICI_PLATFORM_DATA_DIR",
+        "KICI_PLATFORM_MAX_WEBHOOK_BYTES",
+        "KICI_PLATFORM_ACK_TIMEOUT_MS",
+        "KICI_PLATFORM_RETRY_AFTER_S",
+        "KICI_PLATFORM_UNKNOWN_SOURCE_MS",
+        "KICI_PLATFORM_AUTH_TIMEOUT_MS",
+        "KICI_PLATFORM_UNHEALTHY_MS",
+        "KICI_PLATFORM_STALE_MS",
+        "KICI_PLATFORM_REVOCATION_SWEEP_MS",
+        "KICI_PLATFORM_REQUEST_TIMEOUT_MS",
+        "KICI_PLATFORM_LOG_LEVEL",
+        "KICI_PLATFORM_LOG_FORMAT",
+    }
+)
+"""What kici-platform reads (``kici.services.platform.config``; a unit test keeps the two equal)."""
 DEPRECATED_NAMES: Mapping[Tier, frozenset[str]] = {
     Tier.ORCHESTRATOR: frozenset({"KICI_CLUSTER_ELECTION_GRACE_PERIOD_MS", "KICI_CLUSTER_SINGLE_NODE"}),
     Tier.AGENT: frozenset(),
@@ -211,10 +240,11 @@ def check_env_names(
     warnings: list[Problem] = []
     dev = is_truthy(env.get("KICI_DEV"))
     known = set(table.env_names) | TOOL_NAMES | referenced
-    stems = {name[len(ENV_PREFIX) :]: name for name in known if name.startswith(ENV_PREFIX)}
+    suggestable = known | PLATFORM_NAMES
+    stems = {name[len(ENV_PREFIX) :]: name for name in suggestable if name.startswith(ENV_PREFIX)}
     candidates = sorted(stems)
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name in known:
+        if not name.startswith(ENV_PREFIX) or name in known or name in PLATFORM_NAMES:
             continue
         if any(name.startswith(family.prefix) for family in table.families):
             errors.extend(_family_problems(table, name))
@@ -231,7 +261,12 @@ def check_env_names(
             )
         else:
             guess = nearest(name[len(ENV_PREFIX) :], candidates)
-            hint = f"Did you mean {stems[guess]}?" if guess is not None else "Remove it"
+            if guess is None:
+                hint = "Remove it"
+            elif stems[guess] in PLATFORM_NAMES:
+                hint = f"Did you mean {stems[guess]}, a kici-platform setting?"
+            else:
+                hint = f"Did you mean {stems[guess]}?"
             problem = Problem(name, "unknown variable", hint)
         if dev:
             warnings.append(problem)

@@ -147,3 +147,6 @@ NON_NEGATIVE: Final = check_range(0)
 POSITIVE: Final = check_range(1)
 OPT_NON_NEGATIVE: Final = check_range(0, optional=True)
 OPT_POSITIVE: Final = check_range(1, optional=True)
+LOG_STEP_INDEX: Final = check_range(-1)
+"""A log line's step: ``-1`` is the prepare bucket (clone, load, rules) before the first step (10 §3)."""
+OPT_LOG_STEP_INDEX: Final = check_range(-1, optional=True)

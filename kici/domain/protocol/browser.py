@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Final, get_args
 import attrs
 
 from kici.domain.protocol.base import (
+    LOG_STEP_INDEX,
     NON_NEGATIVE,
     OPT_NON_NEGATIVE,
     PASSTHROUGH,
@@ -67,7 +68,7 @@ class LogSubscribe(Message):
     TYPE: ClassVar[str] = "log.subscribe"
     run_id: str
     job_id: str
-    step_index: int = attrs.field(validator=NON_NEGATIVE)
+    step_index: int = attrs.field(validator=LOG_STEP_INDEX)
     after_line_count: int | None = attrs.field(default=None, validator=OPT_NON_NEGATIVE)
 
 
@@ -76,7 +77,7 @@ class LogUnsubscribe(Message):
     TYPE: ClassVar[str] = "log.unsubscribe"
     run_id: str
     job_id: str
-    step_index: int = attrs.field(validator=NON_NEGATIVE)
+    step_index: int = attrs.field(validator=LOG_STEP_INDEX)
 
 
 @attrs.frozen(kw_only=True)
@@ -114,7 +115,7 @@ class LogLines(Message):
     TYPE: ClassVar[str] = "log.lines"
     run_id: str
     job_id: str
-    step_index: int = attrs.field(validator=NON_NEGATIVE)
+    step_index: int = attrs.field(validator=LOG_STEP_INDEX)
     lines: list[str]
     line_count: int = attrs.field(validator=NON_NEGATIVE)
 
@@ -126,7 +127,7 @@ class LogGap(Message):
     TYPE: ClassVar[str] = "log.gap"
     run_id: str
     job_id: str
-    step_index: int = attrs.field(validator=NON_NEGATIVE)
+    step_index: int = attrs.field(validator=LOG_STEP_INDEX)
     dropped_line_count: int = attrs.field(validator=NON_NEGATIVE)
 
 
@@ -137,7 +138,7 @@ class LogStreamTerminated(Message):
     TYPE: ClassVar[str] = "log.stream.terminated"
     run_id: str
     job_id: str
-    step_index: int = attrs.field(validator=NON_NEGATIVE)
+    step_index: int = attrs.field(validator=LOG_STEP_INDEX)
     reason: LogStreamTerminatedReason
     message: str | None = None
 
@@ -188,7 +189,7 @@ class BrowserStepStatus(Message):
     TYPE: ClassVar[str] = "step.status"
     run_id: str
     job_id: str
-    step_index: int = attrs.field(validator=NON_NEGATIVE)
+    step_index: int = attrs.field(validator=LOG_STEP_INDEX)
     extra: dict[str, Any] = attrs.field(factory=dict, metadata=PASSTHROUGH, validator=check_passthrough)
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import attrs
 
+from kici.domain.execution.steps import PREPARE_STEP_INDEX
 from kici.domain.protocol.base import (
     NON_EMPTY,
     NON_NEGATIVE,
@@ -24,6 +25,7 @@ from kici.domain.protocol.base import (
     Message,
     WireModel,
     check_passthrough,
+    check_range,
     wire,
 )
 from kici.domain.protocol.capabilities import OrchCapabilities
@@ -166,13 +168,17 @@ class RateLimitWarning(Message):
 
 @attrs.frozen(kw_only=True)
 class LogChunk(Message):
-    """Step log lines: agent -> orchestrator, and the same frame forwarded upstream."""
+    """Step log lines: agent -> orchestrator, and the same frame forwarded upstream.
+
+    ``stepIndex`` -1 is the prepare bucket of 10 §3 (the lines before the first step: clone, load,
+    rules); anything below it is invalid.
+    """
 
     TYPE: ClassVar[str] = "log.chunk"
     message_id: str
     run_id: str
     job_id: str
-    step_index: int = attrs.field(validator=NON_NEGATIVE)
+    step_index: int = attrs.field(validator=check_range(PREPARE_STEP_INDEX))
     lines: list[str]
     timestamp: int
 

@@ -17,10 +17,11 @@ from typing import Any, ClassVar, Final, get_args
 import attrs
 
 from kici.domain.protocol.base import (
+    LOG_STEP_INDEX,
     MAX_PAYLOAD_BYTES,
     NON_NEGATIVE,
     NULLABLE,
-    OPT_NON_NEGATIVE,
+    OPT_LOG_STEP_INDEX,
     POSITIVE,
     InvalidMessage,
     Message,
@@ -230,7 +231,7 @@ class RunSnapshot(WireModel):
 @attrs.frozen(kw_only=True)
 class LogResponseChunk(WireModel):
     job_name: str
-    step_index: int = attrs.field(validator=NON_NEGATIVE)
+    step_index: int = attrs.field(validator=LOG_STEP_INDEX)
     lines: list[str]
     timestamp: int
 
@@ -321,7 +322,7 @@ class LogRequest(Message):
     message_id: str
     execution_id: str
     job_name: str | None = None
-    step_index: int | None = attrs.field(default=None, validator=OPT_NON_NEGATIVE)
+    step_index: int | None = attrs.field(default=None, validator=OPT_LOG_STEP_INDEX)
     cursor: float | None = None
     limit: float | None = None
 

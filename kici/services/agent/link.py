@@ -8,9 +8,10 @@ One `AgentLink` lives as long as the agent process. Each connection runs through
 then ``agent.register`` with the labels, ``maxConcurrency``, host facts and ``inFlightJobs`` (the jobs
 still running plus the jobs whose status is still waiting in the pinned outbox), then ``register.ack``.
 Each answer is awaited for at most 10 s; a missing one closes the connection (4002) and reconnects.
-A ``job.dispatch`` or ``job.cancel`` that overtakes ``register.ack`` (the orchestrator may route to the
-agent as soon as it is in its registry, before the ack is written) is held and handed to the job
-manager right after the ack, so its ``job.ack`` is not dropped for arriving before registration.
+A ``job.dispatch`` or ``job.cancel`` that overtakes ``register.ack`` is held and handed to the job
+manager right after the ack, so its ``job.ack`` is not dropped for arriving before registration: kici's
+orchestrator dispatches only after the ack, but a cancel of a job reclaimed during the reconciliation
+can still overtake it, and another orchestrator may route earlier.
 ``auth.failure`` (any reason) or a close with 4010 stops the link for good: `run` returns a refused
 `LinkExit` and the daemon exits non-zero, because retrying a rejected token only hammers the server.
 
@@ -45,11 +46,11 @@ ignored); a lost one is not. Without a ping-capable transport this retention is 
 
 **Noticing a dead orchestrator.** The orchestrator sends nothing periodic to agents, so the connection's
 inbound-silence monitor (which would close every idle link after 180 s) is turned off on this side.
-Instead, when the transport can ping (`SupportsPing`: trio-websocket), the link sends a WebSocket ping
-every 30 s (the heartbeat interval) and counts a pong, or any inbound frame, as a sign of life; past 90 s
-without one it logs the link unhealthy, past 180 s it closes with 4004 and reconnects. A healthy idle
-orchestrator answers every ping (hypercorn does so in its protocol layer), so an idle link is never torn
-down, while a black hole is noticed within the stale threshold. Thresholds are settings.
+Instead, when the transport can ping (`SupportsPing`: the WebSocket client and the in-memory pair), the
+link pings every 30 s (the heartbeat interval) and counts a pong, or any inbound frame, as a sign of
+life; past 90 s without one it logs the link unhealthy, past 180 s it closes with 4004 and reconnects.
+A healthy idle orchestrator answers every ping (hypercorn does so in its protocol layer), so an idle link
+is never torn down, while a black hole is noticed within the stale threshold. Thresholds are settings.
 
 **agent.status.** Sent after registration and whenever the job manager's ``active`` count differs from
 the last count reported, checked on every pump round and at least once a second (the `Jobs` port has
@@ -131,8 +132,9 @@ PING_FAILED_REASON: Final = "Ping failed"
 REFUSED_REASON: Final = "Authentication failed"
 AUTH_FIX: Final = (
     "check KICI_AGENT_TOKEN (kat_ followed by 64 hex digits): it must exist on this orchestrator, not be "
-    "revoked or expired, and allow the agent's labels; create one with `kici-orchestrator agent-token "
-    "create`, then restart the agent"
+    "revoked or expired, and allow the agent's labels (a label-scoped token must list every label but "
+    "kici:os/arch/host, the automatic kici:role:* ones included, or set KICI_ROLES to the roles it lists, "
+    "empty for none); create one with `kici-orchestrator agent-token create`, then restart the agent"
 )
 
 BufferedMessage = LogChunk | JobHeartbeat | JobStatus | StepStatus
@@ -335,7 +337,6 @@ class AgentLink:
         self._jobs: Jobs | None = None
         self._disconnected_at: int | None = None
         self._refusal: str | None = None
-        self._stopping = False
         self._started_at: float | None = None
         self.registrations = 0
         self._supervisor = Supervisor(
@@ -390,20 +391,7 @@ class AgentLink:
     def stop(self) -> None:
         """Close with 1000 and never reconnect; `run` returns. Call `flush` first to send what is pending."""
         self._fire(LinkEvent.STOP)
-        self._end_for_good(STOP_REASON)
-
-    def _end_for_good(self, reason: str) -> None:
-        """Close the live connection ourselves, then stop the supervisor once it ended.
-
-        Letting the supervisor cancel a live connection would also cancel the transport's reader, and
-        the closing handshake would then wait out its timeout for an answer nobody reads.
-        """
-        self._stopping = True
-        session = self._session
-        if session is None or session.closing:
-            self._supervisor.stop()
-        else:
-            session.close(CloseCode.NORMAL, reason)
+        self._supervisor.stop(STOP_REASON)
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every pending frame has been written to the socket; False when ``timeout_s`` ran out.
@@ -487,10 +475,6 @@ class AgentLink:
                 nursery.cancel_scope.cancel()
         finally:
             self._closed()
-        if self._stopping:
-            # The supervisor's cancellation ends the attempt here, before it could schedule a reconnect.
-            self._supervisor.stop()
-            await trio.sleep_forever()
         return end
 
     async def _opened(self, session: Session, nursery: trio.Nursery, ping: SupportsPing | None) -> None:
@@ -593,7 +577,7 @@ class AgentLink:
         self._refusal = reason
         self._fire(LinkEvent.REFUSED)
         self._refused_log(reason, None)
-        self._end_for_good(REFUSED_REASON)
+        self._supervisor.stop(REFUSED_REASON)
 
     def _refused_log(self, reason: str, code: int | None) -> None:
         _log.error(

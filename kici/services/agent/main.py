@@ -8,14 +8,17 @@ picks the sandbox, and runs one nursery tree: the job manager and the link to th
 
 Startup errors print what is wrong, where it was set and how to fix it, and exit 2: an invalid config
 (every problem at once, e.g. a missing ``KICI_ORCHESTRATOR_URL`` or a malformed token), a label in the
-reserved ``kici:`` namespace or an unknown role, an execution mode this build cannot run, or a missing or
-unusable bubblewrap while sandboxing is on.
+reserved ``kici:`` namespace or an unknown role, an execution mode this build cannot run (ISO-11 picks
+it: ``KICI_EXECUTION_MODE``, else firecracker for ``KICI_SCALER_MANAGED=1``, else bare-metal), or a
+missing or unusable bubblewrap while sandboxing is on.
 
 Choices where the spec is silent or where the house plan wins:
 
 * Sandbox: bubblewrap by default (``KICI_SANDBOX`` defaults to true, ARCHITECTURE.md: never run untrusted
   code unsandboxed unless configured); ``KICI_SANDBOX=false`` picks the plain-process sandbox and logs a
-  warning. ``KICI_EXECUTION_MODE=container|firecracker`` is refused at startup: no such backend exists yet.
+  warning. ``KICI_EXECUTION_MODE=container|firecracker`` (or ``KICI_SCALER_MANAGED=1`` without a mode) is
+  refused at startup: no such backend exists yet. A job whose dispatch asks for a container fails with
+  the reason, for the same cause.
 * No ``KICI_AGENT_TOKEN`` is allowed (20 §17: unset = unauthenticated, for orchestrators with
   ``KICI_AGENT_AUTH=none``) and logged as a warning; an orchestrator in token mode then refuses the agent
   and the refusal line says how to fix it.
@@ -42,13 +45,13 @@ Signals (the lifecycle table `LIFECYCLE`):
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import random
 import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
@@ -56,17 +59,17 @@ import attrs
 import click
 import structlog
 import trio
-import trio_websocket
 
 from kici.adapters.config_file import ConfigFileError
 from kici.adapters.sandbox.bwrap import BwrapSandbox, bwrap_path, probe
 from kici.adapters.sandbox.process import ProcessSandbox
-from kici.adapters.ws.client import TrioWsConnection, connect
+from kici.adapters.ws.client import connect
 from kici.adapters.ws.frames import DEFAULT_CLOSE_TIMEOUT_S
 from kici.domain.config import ConfigError, HostFacts, Tier, resolve_data_dir
 from kici.domain.config.reload import ReloadPlan
 from kici.domain.config.schema import AgentConfig, ExecutionMode
-from kici.domain.ports import ConnectionClosed, RemoteAddress, Sandbox, WsConnection, WsConnector
+from kici.domain.execution_mode import AgentExecution, ModeSource, select_execution_mode
+from kici.domain.ports import Sandbox, WsConnector
 from kici.services.agent import identity as agent_identity
 from kici.services.agent.identity import AgentIdentity, InvalidIdentityError, register_labels
 from kici.services.agent.job_runner import JobSettings
@@ -188,16 +191,23 @@ def choose_sandbox(
     which: Callable[[], str | None] = bwrap_path,
     check: Callable[[str], str | None] = probe,
 ) -> Sandbox:
-    """bubblewrap unless ``KICI_SANDBOX=false`` (then the plain process, with a warning)."""
-    mode = config.execution.mode
-    if mode is not None and mode is not ExecutionMode.BARE_METAL:
+    """The backend the ISO-11 rules pick without a dispatch (``kici.domain.execution_mode``): bubblewrap,
+    or the plain process with ``KICI_SANDBOX=false`` (with a warning). Container and firecracker have no
+    backend in this build: selecting them is a startup error naming the setting that selected them."""
+    choice = select_execution_mode(AgentExecution.from_config(config))
+    if choice.mode is not ExecutionMode.BARE_METAL:
+        where = (
+            "KICI_EXECUTION_MODE (executionMode)"
+            if choice.source is ModeSource.CONFIGURED
+            else "KICI_SCALER_MANAGED (scaler.managed), with no KICI_EXECUTION_MODE"
+        )
         raise StartupError(
-            f"execution mode {mode.value!r} is not available in this build",
-            "KICI_EXECUTION_MODE (executionMode)",
-            "unset it or set it to bare-metal (steps then run under bubblewrap, or as plain processes "
+            f"execution mode {choice.mode.value!r} is not available in this build",
+            where,
+            "set KICI_EXECUTION_MODE=bare-metal (steps then run under bubblewrap, or as plain processes "
             "with KICI_SANDBOX=false)",
         )
-    if not config.execution.sandbox:
+    if not choice.sandbox:
         _log.warning(
             "sandbox disabled (KICI_SANDBOX=false): steps run as plain processes of the agent's user, "
             "isolated only by a clean environment"
@@ -250,46 +260,10 @@ def link_settings(config: AgentConfig) -> LinkSettings:
 # --- the transport ------------------------------------------------------------------------------
 
 
-class PingingConnection:
-    """A trio-websocket client connection that also offers ``ping`` (`link.SupportsPing`).
-
-    The ``WsConnection`` port carries text frames only; the link's liveness probe needs the WebSocket
-    ping/pong of the transport underneath, which only the trio-websocket client has.
-    """
-
-    def __init__(self, conn: TrioWsConnection) -> None:
-        self._conn = conn
-
-    @property
-    def remote_addr(self) -> RemoteAddress:
-        return self._conn.remote_addr
-
-    async def send(self, text: str) -> None:
-        await self._conn.send(text)
-
-    async def receive(self) -> str:
-        return await self._conn.receive()
-
-    async def close(self, code: int, reason: str = "") -> None:
-        await self._conn.close(code, reason)
-
-    async def ping(self) -> None:
-        try:
-            await self._conn._ws.ping()
-        except trio_websocket.ConnectionClosed as exc:
-            reason = exc.reason
-            raise ConnectionClosed(1006 if reason is None else int(reason.code), "") from None
-
-
 def orchestrator_connector(url: str, *, close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S) -> WsConnector:
-    """Opens ``url`` with the real client, ping-capable; ``close_timeout`` bounds a closing handshake."""
-
-    @asynccontextmanager
-    async def open_connection() -> AsyncIterator[WsConnection]:
-        async with connect(url, close_timeout=close_timeout) as conn:
-            yield PingingConnection(conn)
-
-    return open_connection
+    """Opens ``url`` with the real client, whose ``ping`` drives the link's liveness probe
+    (`link.SupportsPing`); ``close_timeout`` bounds a closing handshake."""
+    return functools.partial(connect, url, close_timeout=close_timeout)
 
 
 # --- the lifecycle ------------------------------------------------------------------------------
@@ -539,7 +513,6 @@ __all__ = [
     "Cue",
     "Lifecycle",
     "Phase",
-    "PingingConnection",
     "Reconfigurable",
     "StartupError",
     "build_identity",

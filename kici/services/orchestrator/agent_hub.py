@@ -6,7 +6,10 @@ liveness monitor closing 4004) with this module's handler, which walks the hands
 
 ``auth.request`` within 5 s (token mode) -> version gate (4005) -> token looked up by its SHA-256
 (unknown, revoked, expired: ``auth.failure`` + 4010) -> ``auth.success`` -> ``agent.register`` within
-10 s -> register gates -> registry -> ``inFlightJobs`` reconciled -> ``register.ack``.
+10 s -> register gates -> registry -> ``inFlightJobs`` reconciled -> ``register.ack`` -> routable.
+A new connection enters the registry unroutable and becomes routable only once its ``register.ack``
+is queued: the dispatcher writes through the same outbox, so no ``job.dispatch`` can overtake the ack
+(20 §5.2: dispatching follows the ack).
 
 After registration the handler routes frames: acks and rejects to the dispatcher, statuses, steps,
 logs and job heartbeats to the tracker. When the connection ends the agent leaves routing; its
@@ -78,6 +81,12 @@ _log = structlog.get_logger(__name__)
 
 PRIVILEGED_ROOT_LABEL: Final = "kici:privileged:root"
 SELF_REPORTED_PREFIXES: Final = ("kici:os:", "kici:arch:", "kici:host:")
+"""The automatic labels a label-scoped token tolerates without listing them (20 §5.2 gate 1): facts
+about the host. The agent's automatic ``kici:role:*`` labels are deliberately not among them, as the
+gate lists exactly these three: a role is a capability that privileged work is routed by
+(``kici:role:builder`` builds the dependency and source tarballs other jobs restore, ``init-runner``
+brings hosts up), so a scoped token grants a role only by listing its label. An agent on a token
+without roles sets ``KICI_ROLES`` to the roles the token lists (empty: none)."""
 BOOTSTRAP_PREFIX: Final = "bootstrap:"
 
 AUTH_TIMEOUT_REASON: Final = "Auth timeout"
@@ -111,7 +120,8 @@ class ConnectedAgent:
     """A registered agent connection: what routing, capacity accounting and job control need.
 
     ``jobs`` are the job ids holding one of its slots (dispatched and not yet terminal).
-    ``routable`` turns False when it must get no more work (draining, or an unanswered dispatch).
+    ``routable`` is False until its ``register.ack`` is queued, and turns False again when it must get
+    no more work (draining, or an unanswered dispatch).
     """
 
     agent_id: str
@@ -414,7 +424,7 @@ class AgentHub:
         token: AgentTokenRecord | None,
         current: ConnectedAgent | None,
     ) -> ConnectedAgent:
-        """Gates, registry, agent row, ``inFlightJobs`` reconciliation, then ``register.ack``."""
+        """Gates, registry, agent row, ``inFlightJobs`` reconciliation, ``register.ack``, then routing."""
         await self._ready.wait()
         held = self.registry.get(register.agent_id)
         holder_token = held.token_id if held is not None and held.session is not session else None
@@ -446,6 +456,7 @@ class AgentHub:
                 mandatory=mandatory_labels(token, labels),
                 max_concurrency=register.concurrency,
                 token_id=None if token is None else token.token_id,
+                routable=False,
             )
             replaced = self.registry.add(agent)
             if replaced is not None:
@@ -471,6 +482,8 @@ class AgentHub:
             )
         )
         await session.send(RegisterAck(agent_id=agent.agent_id, labels=list(labels)))
+        if agent is not current:
+            agent.routable = True
         for cancel in cancels:
             await session.send(cancel)
         _log.info(

@@ -25,6 +25,7 @@ step  condition                                                        response
 9     the pipeline failed                                              500 ``{accepted: false, ...}``
 ====  ===============================================================  ================================
 
+Steps 0 to 2 answer before the body was read in full, so their answers carry ``connection: close``.
 Nothing is written before step 7: the signature is checked over the raw bytes before the body is
 even parsed, so a forged or malformed request leaves no trace but a metric and a log line. Delivery
 ids: GitHub's ``x-github-delivery``; for the other providers ``<routing_key>:<id>`` with the id from
@@ -141,31 +142,39 @@ def check_size(source: SourceConfig, size: int) -> None:
         raise _too_large(source)
 
 
+def _body_unread(rejection: Rejection) -> Rejection:
+    """A refusal answered before the body was read in full must close the connection.
+
+    hypercorn keeps a keep-alive connection open after the answer when the rest of the body has not
+    arrived yet; the client then sends that rest and its next request, which the server never
+    answers. ``connection: close`` tells the client not to reuse the connection.
+    """
+    rejection.headers["connection"] = "close"
+    return rejection
+
+
 async def _body(source: SourceConfig) -> bytes:
     body = await read_limited(source.max_payload_bytes)
     if body is None:
-        rejection = _too_large(source)
-        rejection.headers["connection"] = "close"
-        raise rejection
+        raise _body_unread(_too_large(source))
     return body
 
 
 def _direct_allowed(state: IngressState) -> None:
-    """The body of a refused request is never read, so the answer closes the connection."""
     if not state.direct_enabled:
-        rejection = Rejection(
-            403,
-            "direct_disabled",
-            "direct webhooks are disabled in platform mode; deliver them through the Platform",
+        raise _body_unread(
+            Rejection(
+                403,
+                "direct_disabled",
+                "direct webhooks are disabled in platform mode; deliver them through the Platform",
+            )
         )
-        rejection.headers["connection"] = "close"
-        raise rejection
 
 
 def _find(state: IngressState, provider: str, key: str) -> SourceConfig:
     source = state.book().find(provider, key)
     if source is None or not source.enabled:
-        raise Rejection(404, "unknown_source", "unknown or disabled webhook source")
+        raise _body_unread(Rejection(404, "unknown_source", "unknown or disabled webhook source"))
     return source
 
 

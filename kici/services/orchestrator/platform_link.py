@@ -682,7 +682,6 @@ class PlatformLink:
         self._session: Session | None = None
         self._nursery: trio.Nursery | None = None
         self._stopping = False
-        self._generation_over = False
         self._busy = 0
         self._idle = trio.Event()
         self._disconnected_at_ms: int | None = None
@@ -701,7 +700,6 @@ class PlatformLink:
             task_status.started()
             while not self._stopping:
                 settings = self.settings
-                self._generation_over = False
                 self._supervisor = Supervisor(
                     functools.partial(self._connector, settings.url),
                     self._run_session,
@@ -729,17 +727,10 @@ class PlatformLink:
             self._end_generation(SETTINGS_CHANGED_REASON)
 
     def _end_generation(self, reason: str) -> None:
-        """End the current supervisor: a live connection is closed first, from inside, so its close
-        handshake completes (and queued acks are flushed) before the supervisor is told to stop."""
-        supervisor = self._supervisor
-        if supervisor is None:
-            return
-        self._generation_over = True
-        session = self._session
-        if session is not None and not session.closing:
-            session.close(CloseCode.NORMAL, reason)
-        else:
-            supervisor.stop()
+        """End the current supervisor: its connection closes with 1000 and ``reason``; `run` then
+        starts the next generation with the current settings, unless stopping."""
+        if self._supervisor is not None:
+            self._supervisor.stop(reason)
 
     def sources_changed(self) -> None:
         """Register the current sources again on the live connection (after a reload changed them)."""
@@ -774,37 +765,36 @@ class PlatformLink:
     async def _run_session(self, conn: WsConnection) -> ConnectionEnd:
         self.connections += 1
         end: ConnectionEnd | None = None
-        async with trio.open_nursery() as nursery:
-            handler = _Connection(self, nursery)
+        try:
+            async with trio.open_nursery() as nursery:
+                handler = _Connection(self, nursery)
 
-            async def connection(*, task_status: trio.TaskStatus[Session] = trio.TASK_STATUS_IGNORED) -> None:
-                nonlocal end
-                try:
-                    end = await run_connection(
-                        conn,
-                        handler,
-                        direction=Direction.PLATFORM_TO_ORCH,
-                        policy=self._policy,
-                        heartbeat_interval=self.settings.heartbeat_interval_s,
-                        liveness=None,
-                        clock=self._wall_clock,
-                        task_status=task_status,
-                    )
-                except Exception:
-                    _log.exception("platform connection failed")
-                    end = ConnectionEnd(CloseCode.INTERNAL_ERROR, "Internal error", by_peer=False)
-                finally:
-                    nursery.cancel_scope.cancel()
+                async def connection(
+                    *, task_status: trio.TaskStatus[Session] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+                    nonlocal end
+                    try:
+                        end = await run_connection(
+                            conn,
+                            handler,
+                            direction=Direction.PLATFORM_TO_ORCH,
+                            policy=self._policy,
+                            heartbeat_interval=self.settings.heartbeat_interval_s,
+                            liveness=None,
+                            clock=self._wall_clock,
+                            task_status=task_status,
+                        )
+                    except Exception:
+                        _log.exception("platform connection failed")
+                        end = ConnectionEnd(CloseCode.INTERNAL_ERROR, "Internal error", by_peer=False)
+                    finally:
+                        nursery.cancel_scope.cancel()
 
-            session = await nursery.start(connection)
-            self._session = session
-            nursery.start_soon(handler.sweep_relays, session)
-        self._session = None
-        if self._generation_over and self._supervisor is not None:
-            self._supervisor.stop()
-        self._disconnected_at_ms = self._wall_clock()
-        if not self._stopping:
-            self.state = LinkState.CONNECTING
+                session = await nursery.start(connection)
+                self._session = session
+                nursery.start_soon(handler.sweep_relays, session)
+        finally:
+            self._disconnected()
         if end is None:
             end = ConnectionEnd(CloseCode.INTERNAL_ERROR, "Internal error", by_peer=False)
         if not close_reaction(end.code).reconnect:
@@ -815,6 +805,13 @@ class PlatformLink:
             )
             end = ConnectionEnd(CloseCode.UNAUTHORIZED, end.reason, end.by_peer)
         return end
+
+    def _disconnected(self) -> None:
+        """The connection ended, also when the supervisor cancelled the session to stop the link."""
+        self._session = None
+        self._disconnected_at_ms = self._wall_clock()
+        if not self._stopping:
+            self.state = LinkState.CONNECTING
 
     def source_register(self) -> SourceRegister:
         s = self.settings

@@ -552,13 +552,24 @@ class Tracker:
         for kept in result.kept:
             agent.jobs.add(kept.job_id)
         for unknown in result.cancel:
-            _log.warning(
-                "agent reported unknown in-flight job", agent_id=agent.agent_id, job_id=unknown.job_id
-            )
+            if await self._already_finished(unknown.job_id):
+                _log.info("agent listed an ended job", agent_id=agent.agent_id, job_id=unknown.job_id)
+            else:
+                _log.warning(
+                    "agent reported unknown in-flight job", agent_id=agent.agent_id, job_id=unknown.job_id
+                )
             cancels.append(
                 self._cancel_message(unknown.run_id, unknown.job_id, UNTRACKED_JOB_REASON, force=True)
             )
         return tuple(cancels)
+
+    async def _already_finished(self, job_id: str) -> bool:
+        """An agent lists an ended job when it still replays the job's terminal status (no pong proved
+        delivery) or still runs a job the recovery window failed: routine, not a warning. The cancel
+        goes out either way; an agent ignores it for a job it no longer runs."""
+        job_uuid = _parse_uuid(job_id)
+        job = None if job_uuid is None else await self._execution.get_job(job_uuid)
+        return job is not None and job.terminal
 
     async def _persist_reclaim(self, reclaimed: Reclaimed, agent: ConnectedAgent) -> JobCancel | None:
         job_id = reclaimed.job.job_id

@@ -365,7 +365,7 @@ async def job_logs(deps: DashboardDeps, principal: Principal, run_id: str, job: 
     if record is None:
         raise ApiError(404, f"unknown job {job!r} in run {run_id!r}")
     step_arg = request.args.get("step")
-    step = _int_arg("step", 0, 0, 10_000_000) if step_arg not in (None, "") else None
+    step = _int_arg("step", 0, -1, 10_000_000) if step_arg not in (None, "") else None
     cursor = _int_arg("cursor", 0, 0, 2**62)
     limit = _int_arg("limit", DEFAULT_LOG_LIMIT, 1, MAX_LOG_LIMIT)
     page = await deps.telemetry.read_log_chunks(

@@ -20,13 +20,13 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import trio
 
 import kici
-from kici.domain.ports import NetworkMode, Sandbox, SandboxSpec
+from kici.domain.ports import LaunchPlan, NetworkMode, Sandbox, SandboxSpec
 from kici.domain.runner_ipc import (
     MAX_FRAME_BYTES,
     Abort,
@@ -52,6 +52,8 @@ from kici.domain.runner_ipc import (
 
 STDERR_TAIL_LINES = 20
 _RECV_CHUNK = 65536
+_POLL_WITHOUT_PIDFD_S = 0.05
+_STAT_READ = 4096
 
 Callback = Callable[[Any], Awaitable[None]]
 
@@ -105,18 +107,31 @@ def runner_read_only_paths() -> tuple[str, ...]:
 
 
 def session_members(sid: int) -> list[tuple[int, int]]:
-    """``(pid, process group)`` of the processes whose session id is ``sid`` (Linux ``/proc``)."""
+    """``(pid, process group)`` of the processes whose session id is ``sid`` (Linux ``/proc``).
+
+    Every process's ``stat`` is read once per job end, so this stays at the ``os`` level (raw
+    bytes, no ``pathlib`` or text decoding): on a busy agent it was the biggest CPU cost of a job.
+    """
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    wanted = str(sid).encode()
     members = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
+    for name in names:
+        if not name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            descriptor = os.open(f"/proc/{name}/stat", os.O_RDONLY)
+            try:
+                stat = os.read(descriptor, _STAT_READ)
+            finally:
+                os.close(descriptor)
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 3 and fields[3] == str(sid):
-            members.append((int(entry.name), int(fields[2])))
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and fields[3] == wanted:
+            members.append((int(name), int(fields[2])))
     return members
 
 
@@ -130,10 +145,76 @@ def kill_tree(pid: int, sig: int) -> None:
             os.killpg(group, sig)
 
 
+class RunnerProcess:
+    """The runner's process, forked from the trio thread itself rather than by
+    ``trio.lowlevel.open_process``.
+
+    Why: ``open_process`` forks in a worker thread, and bubblewrap's ``--die-with-parent``
+    (``PR_SET_PDEATHSIG``) fires when the *thread* that forked exits, not the process. trio retires
+    a worker thread after 10 s idle, so a sandbox could be SIGKILLed 10 s after its start on a quiet
+    agent: a step longer than that, and every pre-started runner waiting for its job. The trio
+    thread lives as long as the agent. The fork blocks the event loop for about a millisecond
+    (``subprocess`` uses ``vfork`` here).
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.stdout = _stream(popen.stdout)
+        self.stderr = _stream(popen.stderr)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process is gone (polls, and reaps a process that exited)."""
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        """Until the process exited; reaps it. Several tasks may wait at once."""
+        while self._popen.poll() is None:
+            try:
+                pidfd = os.pidfd_open(self._popen.pid)
+            except ProcessLookupError:
+                continue
+            except OSError:
+                await trio.sleep(_POLL_WITHOUT_PIDFD_S)
+                continue
+            try:
+                await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+        return self._popen.wait()
+
+
+def _stream(pipe: IO[bytes] | None) -> trio.lowlevel.FdStream | None:
+    if pipe is None:
+        return None
+    descriptor = os.dup(pipe.fileno())
+    pipe.close()
+    return trio.lowlevel.FdStream(descriptor)
+
+
+def spawn_runner(plan: LaunchPlan) -> RunnerProcess:
+    """Start a sandbox's launch plan from the calling (trio) thread; see :class:`RunnerProcess`."""
+    popen = subprocess.Popen(
+        list(plan.argv),
+        env=dict(plan.env),
+        cwd=plan.cwd,
+        pass_fds=plan.pass_fds,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return RunnerProcess(popen)
+
+
 class RunnerClient:
     def __init__(
         self,
-        process: trio.Process,
+        process: RunnerProcess,
         sock: trio.socket.SocketType,
         callbacks: RunnerCallbacks,
         ladder: AbortLadder,
@@ -154,6 +235,7 @@ class RunnerClient:
         self._protocol_error: str | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.protocol_errors: list[str] = []
+        self._reaped = False
 
     @property
     def pid(self) -> int:
@@ -163,6 +245,16 @@ class RunnerClient:
     def aborting(self) -> str | None:
         """``None``, ``"graceful"`` or ``"force"``."""
         return self._abort_state
+
+    def bind(self, callbacks: RunnerCallbacks, ladder: AbortLadder) -> None:
+        """Give a runner started ahead of its job (the agent's pre-started runners) the job's callbacks
+        and abort ladder; call before ``execute``."""
+        self._callbacks = callbacks
+        self._ladder = ladder
+
+    async def wait_closed(self) -> None:
+        """Until the IPC channel closed (the runner finished or died)."""
+        await self._closed.wait()
 
     # --- sending ----------------------------------------------------------------------------------
 
@@ -190,7 +282,7 @@ class RunnerClient:
             while True:
                 try:
                     chunk = await self._sock.recv(_RECV_CHUNK)
-                except OSError:
+                except (OSError, trio.ClosedResourceError):
                     break
                 if not chunk:
                     break
@@ -371,13 +463,17 @@ class RunnerClient:
             kill_tree(self.process.pid, signal.SIGKILL)
 
     async def aclose(self) -> None:
-        """Kill whatever is left and reap the process; safe to call twice."""
+        """Kill whatever is left and reap the process; a second call (``open_runner`` makes one on
+        every exit path) does nothing once the first has reaped it."""
+        if self._reaped:
+            return
         with trio.CancelScope(shield=True):
             kill_tree(self.process.pid, signal.SIGKILL)
             with trio.move_on_after(self._ladder.term_wait_s):
                 await self.process.wait()
             with contextlib.suppress(OSError):
                 self._sock.close()
+            self._reaped = self.process.returncode is not None
 
 
 @contextlib.asynccontextmanager
@@ -405,17 +501,7 @@ async def open_runner(
             network=network,
             pass_fds=(child_fd,),
         )
-        plan = sandbox.plan(spec)
-        process = await trio.lowlevel.open_process(
-            list(plan.argv),
-            env=dict(plan.env),
-            cwd=plan.cwd,
-            pass_fds=plan.pass_fds,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        process = spawn_runner(sandbox.plan(spec))
     except BaseException:
         parent_end.close()
         child_end.close()
@@ -462,6 +548,7 @@ __all__ = [
     "AbortLadder",
     "RunnerCallbacks",
     "RunnerClient",
+    "RunnerProcess",
     "RunnerStartError",
     "grace_budget",
     "kill_tree",
@@ -469,4 +556,5 @@ __all__ = [
     "runner_argv",
     "runner_read_only_paths",
     "session_members",
+    "spawn_runner",
 ]

@@ -562,7 +562,7 @@ async def test_the_failed_run_of_a_corrupt_lock_is_visible_through_the_api(pg_st
     assert [r["id"] for r in failed["runs"]] == [run_id]
 
 
-@pytest.mark.feature("CLI-14", "HOOK-14")
+@pytest.mark.feature("CLI-14", "HOOK-14", "EXE-10")
 async def test_runs_submitted_through_the_api_can_be_listed_shown_logged_and_cancelled(
     pg_stores: PgStores,
 ) -> None:
@@ -603,6 +603,20 @@ async def test_runs_submitted_through_the_api_can_be_listed_shown_logged_and_can
         )
     ).get_json()
     assert [c["lines"] for c in rest["chunks"]] == [["three"]]
+    await pg_stores.logs.append_log_chunk(
+        NewLogChunk(
+            run_id=uuid.UUID(run_id),
+            job_id=uuid.UUID(lint["id"]),
+            step_index=-1,
+            lines=("[kici] cloning",),
+            logged_at=now,
+            received_at=now,
+        )
+    )
+    prepare = await (
+        await svc.client.get(f"/api/v1/runs/{run_id}/jobs/lint/logs?step=-1", headers=svc.auth())
+    ).get_json()
+    assert [(c["stepIndex"], c["lines"]) for c in prepare["chunks"]] == [(-1, ["[kici] cloning"])]
     workflow_filter = await (
         await svc.client.get("/api/v1/runs?workflow=docs", headers=svc.auth())
     ).get_json()

@@ -17,7 +17,16 @@ import pytest
 import trio
 import trio.testing
 
-from kici.domain.config.schema import AgentConfig, ConnectionConfig, ExecutionConfig, SandboxNetwork
+from kici.domain.config.schema import (
+    AgentConfig,
+    AgentScalerConfig,
+    ConnectionConfig,
+    ExecutionConfig,
+    ExecutionMode,
+    SandboxNetwork,
+)
+from kici.domain.execution.steps import PREPARE_STEP_INDEX as PREPARE
+from kici.domain.execution_mode import AgentExecution, ContainerRequest
 from kici.domain.protocol import (
     AgentStatus,
     InFlightJob,
@@ -34,7 +43,7 @@ from kici.domain.protocol import (
     StepState,
     StepStatus,
 )
-from kici.services.agent.job_runner import JobConfigError, JobSettings, parse_job_spec
+from kici.services.agent.job_runner import JobConfigError, JobSettings, parse_job_spec, unavailable_mode
 from kici.testing.agent_outbound import RecordingOutbound
 from tests.unit.test_agent_jobs_helpers import (
     API_KEY,
@@ -102,7 +111,7 @@ async def test_a_multi_step_job_reports_every_phase(project: Project, tmp_path: 
     ]
     assert compile_lines == [f"compile line {i}" for i in range(120)]
     assert lines_of(outbound, dispatch.job_id, 3) == ["greeting=hello-from-compile level=from-lock"]
-    assert any("Created the mirror" in line for line in lines_of(outbound, dispatch.job_id, 0))
+    assert any("Created the mirror" in line for line in lines_of(outbound, dispatch.job_id, PREPARE))
     # job.context: where the job ran, the job env from the lock (values masked, no secrets)
     (context,) = outbound.of(JobContext)
     assert context.context.sandbox_type == "process"
@@ -140,7 +149,8 @@ async def test_a_failing_step_fails_the_job_and_skips_the_rest(project: Project,
     assert "about to fail" in lines_of(outbound, dispatch.job_id, 1)
     assert "never printed" not in lines_of(outbound, dispatch.job_id)
     assert any(
-        "[kici] Job failed: Step 'bad' failed" in line for line in lines_of(outbound, dispatch.job_id, 0)
+        "[kici] Job failed: Step 'bad' failed" in line
+        for line in lines_of(outbound, dispatch.job_id, PREPARE)
     )
     assert list((tmp_path / "jobs").iterdir()) == []
 
@@ -158,8 +168,8 @@ async def test_matrix_children_see_their_combination_and_share_the_warm_mirror(
         assert (await run_one(manager, outbound, second)).state is JobState.SUCCESS
     assert "flavor=a index=0 total=2" in lines_of(outbound, first.job_id, 0)
     assert "flavor=b index=1 total=2" in lines_of(outbound, second.job_id, 0)
-    assert any("Created the mirror" in line for line in lines_of(outbound, first.job_id, 0))
-    assert any("Reusing the mirror" in line for line in lines_of(outbound, second.job_id, 0))
+    assert any("Created the mirror" in line for line in lines_of(outbound, first.job_id, PREPARE))
+    assert any("Reusing the mirror" in line for line in lines_of(outbound, second.job_id, PREPARE))
     operational = [s.text for s in outbound.sent if s.path == "stream_log"]
     assert any(second.job_id in line and "warm mirror, already in the mirror" in line for line in operational)
     assert len(project.server.requests) == requests  # same commit: the second job never went to the forge
@@ -236,6 +246,45 @@ async def test_a_bad_job_config_fails_without_running_anything(project: Project,
     assert status.data["error"] == "invalid job.dispatch: jobConfig.source.file is required"
     assert outbound.of(StepStatus) == []
     assert any("jobConfig.source.file is required" in line for line in lines_of(outbound, dispatch.job_id))
+
+
+@pytest.mark.feature("ISO-11", "EXE-06")
+async def test_a_job_asking_for_a_container_fails_with_the_reason(project: Project, tmp_path: Path) -> None:
+    outbound = RecordingOutbound()
+    dispatch = dispatch_for(
+        project, "build", config={"container": {"image": "python:3.12", "env": {"A": "1"}}}
+    )
+    async with running_manager(tmp_path, outbound) as manager:
+        status = await run_one(manager, outbound, dispatch)
+    assert _job_statuses(outbound, dispatch.job_id) == ["running", "failed"]
+    assert status.data is not None
+    assert status.data["error"].startswith(
+        "execution mode container (the job's container config, image 'python:3.12') is not available on "
+        "this agent"
+    )
+    assert outbound.of(StepStatus) == []
+
+
+@pytest.mark.feature("ISO-11")
+def test_the_job_mode_follows_the_iso_11_rules() -> None:
+    base = {"workflowName": "ci", "source": {"file": ".kici/workflows/ci.py"}, "lockJobName": "build"}
+    plain = parse_job_spec(base)
+    boxed = parse_job_spec({**base, "container": "python:3.12"})
+    assert plain.container is None
+    assert boxed.container == ContainerRequest(image="python:3.12")
+    for execution in (
+        AgentExecution(),
+        AgentExecution(configured=ExecutionMode.BARE_METAL, sandbox=False),
+        AgentExecution(scaler_managed=True, configured=ExecutionMode.BARE_METAL),
+    ):
+        assert unavailable_mode(execution, plain) is None
+        assert "is not available on this agent" in (unavailable_mode(execution, boxed) or "")
+    with pytest.raises(JobConfigError, match=r"jobConfig\.container\.image must be a non-empty string"):
+        parse_job_spec({**base, "container": {"env": {}}})
+    settings = JobSettings.from_config(
+        AgentConfig(execution=ExecutionConfig(sandbox=False), scaler=AgentScalerConfig(managed=True)), "a"
+    )
+    assert settings.execution == AgentExecution(scaler_managed=True, sandbox=False)
 
 
 @pytest.mark.feature("EXE-06", "HOOK-22")

@@ -67,15 +67,19 @@ async def test_a_chatty_step_leaves_in_chunks_of_50_and_finish_flushes_the_rest(
     assert outbound.paths_of(LogChunk) == {"send"}
 
 
-async def test_prepare_lines_travel_as_step_0_masked(autojump_clock: trio.testing.MockClock) -> None:
+async def test_prepare_lines_travel_as_step_minus_1_masked(autojump_clock: trio.testing.MockClock) -> None:
     outbound = RecordingOutbound()
     logs = make_logs(outbound)
     logs.line(PREPARE_STEP_INDEX, "[kici] cloning with hunter2-secret")
     logs.line(0, "step zero")
+    logs.line(-7, "a runner index below the prepare bucket")
     logs.finish_all()
-    (chunk,) = outbound.of(LogChunk)
-    assert chunk.step_index == 0
-    assert chunk.lines == ["[kici] cloning with ***", "step zero"]
+    chunks = [(c.step_index, c.lines) for c in outbound.of(LogChunk)]
+    assert sorted(chunks) == [
+        (-1, ["[kici] cloning with ***", "a runner index below the prepare bucket"]),
+        (0, ["step zero"]),
+    ]
+    assert logs.bytes_streamed(0) == len("step zero")
 
 
 async def test_the_budget_cuts_a_step_with_one_truncation_line(

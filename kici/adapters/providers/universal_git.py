@@ -23,6 +23,19 @@ is used at once):
 A SHA that the server will not serve falls back to the default branch's lock (30 §3.2), so a
 force-pushed-away commit still finds the repository's workflows. Failures of git itself are
 transient (:class:`GitCommandError`): the pipeline treats the lock as absent for this delivery.
+
+Two shortcuts keep a push to the default branch at one network round trip (the clone), where it
+used to take three (clone, fetch by SHA, the checkout's lazy blob fetch):
+
+* the clone already holds the default branch's tip; when that tip is the SHA asked for, it is not
+  fetched again;
+* the lock blob's id is read from the tree (``git ls-tree``, trees come with a blob-less clone)
+  and the fetcher remembers the lock parsed from each blob id it has read (the newest
+  :data:`REMEMBERED_LOCKS`). A new commit that did not touch the lock file (most pushes) then
+  needs no sparse checkout and no blob: the same blob id is the same bytes, so the same lock. Only
+  a blob first read through the full path (a regular file within the size limit, parsed without
+  error) is remembered, and only a regular file's entry is looked up, so every check of
+  :func:`~kici.adapters.providers.lock_files.read_lock_in` still applied to those bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ import shlex
 import shutil
 import signal
 import tempfile
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -43,7 +57,7 @@ from kici.adapters.providers.lock_files import read_lock_in
 from kici.domain.events import SimulatedEvent
 from kici.domain.lockfile import LockFile
 from kici.domain.providers import Credentials, GitAuth, GitAuthKind, ProviderBundle, SshHostKeyPolicy
-from kici.domain.webhooks.models import HEAD_REF, ProviderType, is_full_sha
+from kici.domain.webhooks.models import HEAD_REF, LOCK_FILE_PATH, ProviderType, is_full_sha
 from kici.domain.webhooks.normalizers.universal_git import (
     CredentialRef,
     GitConfig,
@@ -58,6 +72,8 @@ from kici.domain.webhooks.sources import GenericSource
 
 DEFAULT_BUDGET_S: Final = 30.0
 MIN_STEP_S: Final = 1.0
+REMEMBERED_LOCKS: Final = 64
+_REGULAR_FILE_MODES: Final = frozenset({"100644", "100755"})
 _STDERR_TAIL: Final = 600
 
 SecretReader = Callable[[CredentialRef], Awaitable[str | None]]
@@ -89,7 +105,8 @@ class _Git:
         self.min_step_s = min_step_s
         self.secrets: list[str] = []
 
-    async def run(self, *args: str, cwd: str | None = None) -> None:
+    async def run(self, *args: str, cwd: str | None = None) -> str:
+        """Run one git step; its stdout (decoded) when it succeeds."""
         left = self.deadline - trio.current_time()
         if left < self.min_step_s:
             raise GitBudgetExceededError(f"git {args[0]}: only {max(left, 0):.1f} s of the fetch budget left")
@@ -109,6 +126,7 @@ class _Git:
             raise GitCommandError(
                 f"git {args[0]} failed (exit {done.returncode}): {_mask(tail, self.secrets)}"
             )
+        return done.stdout.decode("utf-8", errors="replace")
 
 
 async def _kill_process_group(process: trio.Process) -> None:
@@ -189,6 +207,7 @@ class UniversalGitLockFetcher:
         self._budget_s = budget_s
         self._min_step_s = min_step_s
         self._git_executable = git_executable
+        self._by_blob: OrderedDict[str, LockFile] = OrderedDict()
 
     @property
     def provider(self) -> str:
@@ -228,10 +247,10 @@ class UniversalGitLockFetcher:
             if not by_sha and ref != HEAD_REF:
                 clone += ["--branch", strip_ref(ref)]
             await git.run(*clone, "--", url, work)
-            await git.run("sparse-checkout", "init", "--cone", cwd=work)
-            await git.run("sparse-checkout", "set", ".kici", cwd=work)
             target = "HEAD"
-            if by_sha:
+            if by_sha and (await git.run("rev-parse", "HEAD", cwd=work)).strip() == ref:
+                target = ref
+            elif by_sha:
                 try:
                     await git.run("fetch", "--quiet", "--depth=1", "origin", ref, cwd=work)
                     target = ref
@@ -239,11 +258,36 @@ class UniversalGitLockFetcher:
                     raise
                 except GitCommandError:
                     target = "HEAD"
+            blob = await self._lock_blob(git, work, target)
+            if blob is not None and blob in self._by_blob:
+                self._by_blob.move_to_end(blob)
+                return self._by_blob[blob]
+            await git.run("sparse-checkout", "init", "--cone", cwd=work)
+            await git.run("sparse-checkout", "set", ".kici", cwd=work)
             await git.run("checkout", "--quiet", "--force", target, "--", cwd=work)
-            return await read_lock_in(trio.Path(work), repo, ref)
+            lock = await read_lock_in(trio.Path(work), repo, ref)
+            if lock is not None and blob is not None:
+                self._remember(blob, lock)
+            return lock
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
+
+    @staticmethod
+    async def _lock_blob(git: _Git, work: str, target: str) -> str | None:
+        """The blob id of the lock at ``target`` when it is a regular file; trees are local, so this
+        costs no network round trip."""
+        listing = await git.run("ls-tree", "--full-tree", target, "--", LOCK_FILE_PATH, cwd=work)
+        fields = listing.split("\t", 1)[0].split()
+        if len(fields) == 3 and fields[0] in _REGULAR_FILE_MODES and fields[1] == "blob":
+            return fields[2]
+        return None
+
+    def _remember(self, blob: str, lock: LockFile) -> None:
+        self._by_blob[blob] = lock
+        self._by_blob.move_to_end(blob)
+        while len(self._by_blob) > REMEMBERED_LOCKS:
+            self._by_blob.popitem(last=False)
 
 
 class UniversalGitChangedFiles:
@@ -292,6 +336,7 @@ def universal_git_bundle(
 __all__ = [
     "DEFAULT_BUDGET_S",
     "MIN_STEP_S",
+    "REMEMBERED_LOCKS",
     "GitBudgetExceededError",
     "GitCommandError",
     "SecretReader",

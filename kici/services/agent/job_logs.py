@@ -9,8 +9,8 @@ class owns one streamer per step index, the 100 ms timer, and the force flush at
 Choices where the spec is silent:
 
 * The prepare bucket (index -1 in 10 §3: clone, load, rule evaluation, runner output outside any
-  step) is shipped as step 0's log, before that step's own lines: the wire model of ``log.chunk``
-  accepts only indices >= 0. Sharing the streamer keeps the order of the two.
+  step) travels as ``stepIndex`` -1 with its own streamer and byte budget. An index the runner
+  reports below -1 lands there too: the sandboxed runner's numbers are not trusted to be valid.
 * A step's streamer lives for the whole job, so a line arriving after the step's end (a late
   flush from the runner) still counts against the same budget.
 * Backpressure (pause/drop) is the link's business: ``Outbound.send`` never blocks and the link's
@@ -22,23 +22,21 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable
-from typing import Final
 
 import trio
 import trio.lowlevel
 
+from kici.domain.execution.steps import PREPARE_STEP_INDEX
 from kici.domain.logstream import LogChunk as Chunk
 from kici.domain.logstream import LogStreamConfig, LogStreamer
 from kici.domain.protocol import LogChunk
 from kici.sdk.masking import Masker
 from kici.services.agent.ports import Outbound
 
-PREPARE_STEP_INDEX: Final = -1
-
 
 def wire_index(step_index: int) -> int:
-    """The ``log.chunk.stepIndex`` a step's lines travel under (the prepare bucket goes to 0)."""
-    return max(step_index, 0)
+    """The ``log.chunk.stepIndex`` a step's lines travel under (anything below -1: the prepare bucket)."""
+    return max(step_index, PREPARE_STEP_INDEX)
 
 
 class JobLogs:

@@ -38,6 +38,17 @@ Choices where the spec is silent:
 * The lock file in the checkout gives what the dispatch does not carry: the job's static ``env`` and
   its fan-out position (``ctx.fanout``). A checkout without a readable lock still runs: the runner
   loads the workflow module and checks its content hash itself.
+* Every job ends with one ``job phases`` info line in the agent's own log: when the dispatch arrived
+  (``received_at``, epoch seconds, to line up with the orchestrator's ``job dispatched``) and how long
+  each phase took (``prepare_ms``, ``clone_ms``, ``load_ms``: lock facts and ``job.context``,
+  ``runner_start_ms``: sandbox and interpreter up to the runner's ``ready``, ``first_step_ms``:
+  ``ready`` to the first ``step.start``, ``total_ms``; ``warm_runner``: the job ran on a pre-started
+  runner, whose start then costs it nothing). A phase that did not happen is absent. It is
+  what ``scripts/bench/latency.py`` breaks the webhook-to-step latency down with, and what an
+  operator reads when one job was slow to start.
+* A job offered a pre-started runner (:mod:`.warm`) works in that runner's directory and sends it
+  ``execute``; if the runner died while waiting, the job starts its own as usual. Either way it is
+  handed back when the job ends and reaped before the directory is removed.
 * Runner requests that need an orchestrator round trip (``event.emit``, ``agent.api.request``,
   ``concurrency.report``) get the runner client's default answers: the ``Outbound`` port has no
   request path yet. Secret outputs are never forwarded in plaintext; without a sealing adapter
@@ -60,11 +71,19 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
 import attrs
+import structlog
 import trio
 
 from kici.adapters.clock import Clock
-from kici.domain.config.schema import AgentConfig
+from kici.domain.config.schema import AgentConfig, ExecutionMode
 from kici.domain.dynamic import INIT_VALUE_TIMEOUT_MS
+from kici.domain.execution_mode import (
+    AgentExecution,
+    ContainerRequest,
+    InvalidContainerConfig,
+    parse_container,
+    select_execution_mode,
+)
 from kici.domain.lockfile import FrozenDict, LockFile, LockJob, parse_lock
 from kici.domain.logstream import LogStreamConfig
 from kici.domain.ports import NetworkMode, Sandbox, SandboxSpec
@@ -98,6 +117,7 @@ from kici.sdk.masking import Masker
 from kici.services.agent.job_logs import PREPARE_STEP_INDEX, JobLogs
 from kici.services.agent.mirror import CloneError, MirrorStore, credentials_for
 from kici.services.agent.ports import Outbound
+from kici.services.agent.warm import WarmRunner
 from kici.services.local.engine import step_names
 from kici.services.local.plan import plan_workflow
 from kici.services.runner_client import (
@@ -110,7 +130,10 @@ from kici.services.runner_client import (
     open_runner,
 )
 
+_log = structlog.get_logger("kici.agent.job")
+
 LOCK_FILE: Final = "kici.lock.json"
+DEFAULT_WARM_RUNNERS: Final = 1
 DEFAULT_KICI_DIR: Final = ".kici"
 SHUTDOWN_REASON: Final = "agent shutting down: the job did not finish within the shutdown grace"
 _SAFE_DIR: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -145,7 +168,12 @@ class JobSettings:
     ready_timeout_s: float = 30.0
     git_timeout_s: float = 600.0
     python: str | None = None
+    warm_runners: int = 0
+    """Runners kept started ahead of their job (:mod:`.warm`); the daemon keeps
+    :data:`DEFAULT_WARM_RUNNERS`, tests that count processes keep none."""
     masked: tuple[str, ...] = attrs.field(default=(), repr=False)
+    execution: AgentExecution = attrs.field(factory=AgentExecution)
+    """The agent's inputs to the ISO-11 mode rules; a job's container config is the other one."""
 
     @classmethod
     def from_config(cls, config: AgentConfig, agent_id: str) -> JobSettings:
@@ -157,7 +185,9 @@ class JobSettings:
             default_step_timeout_ms=execution.default_step_timeout_ms,
             max_log_size_bytes=config.logs.max_log_size_bytes,
             network="isolated" if execution.sandbox_network.value == "isolated" else "host",
+            warm_runners=DEFAULT_WARM_RUNNERS,
             masked=tuple(v for v in (config.connection.token, execution.github_token) if v),
+            execution=AgentExecution.from_config(config),
         )
 
 
@@ -193,6 +223,7 @@ class JobSpec:
     mode: RunnerMode = "job"
     dynamic: DynamicRequest | None = None
     init_target: str | None = None
+    container: ContainerRequest | None = None
 
 
 def _get(config: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -284,6 +315,10 @@ def parse_job_spec(config: Mapping[str, Any]) -> JobSpec:
         )
     if mode == "job" and not lock_job_name:
         raise JobConfigError("jobConfig.lockJobName is required")
+    try:
+        container = parse_container(config.get("container"))
+    except InvalidContainerConfig as exc:
+        raise JobConfigError(str(exc)) from None
     return JobSpec(
         workflow_name=workflow_name,
         workflow_file=workflow_file,
@@ -305,6 +340,7 @@ def parse_job_spec(config: Mapping[str, Any]) -> JobSpec:
         mode=mode,
         dynamic=dynamic,
         init_target=init_target,
+        container=container,
     )
 
 
@@ -344,6 +380,32 @@ def read_lock_facts(workspace: Path, spec: JobSpec) -> LockFacts:
         fanout_index=None if planned is None else planned.fanout_index,
         fanout_total=None if planned is None else planned.fanout_total,
         step_names=tuple(step_names(job)),
+    )
+
+
+def runner_env(sandbox: Sandbox, host_env: Mapping[str, str]) -> dict[str, str]:
+    """ISO-04: the allowlisted host variables only; under bwrap home and temp are the private /tmp.
+
+    The same for every job of an agent, which is what lets a runner start before its job
+    (:mod:`.warm`)."""
+    extra = {"HOME": "/tmp", "TMPDIR": "/tmp"} if sandbox.name == "bwrap" else {}
+    return sandbox_env(host_env, extra)
+
+
+def unavailable_mode(execution: AgentExecution, spec: JobSpec) -> str | None:
+    """Why this agent cannot run ``spec`` in the mode the ISO-11 rules pick for it (None: it can).
+
+    The agent's own mode was checked at startup (bare-metal is the only backend of this build), so only
+    a container asked for by the dispatch can land here.
+    """
+    choice = select_execution_mode(execution, spec.container)
+    if choice.mode is ExecutionMode.BARE_METAL:
+        return None
+    image = f", image {spec.container.image!r}" if spec.container is not None else ""
+    return (
+        f"execution mode {choice.mode.value} ({choice.source.value}{image}) is not available on this "
+        "agent: it runs steps bare-metal only; run the job on an agent with that backend or drop its "
+        "container"
     )
 
 
@@ -445,6 +507,7 @@ class JobRunner:
         clock: Clock,
         host_env: Mapping[str, str],
         on_reported: Callable[[JobRunner], None] = lambda _job: None,
+        warm: WarmRunner | None = None,
     ) -> None:
         self.dispatch = dispatch
         self.job_id = dispatch.job_id
@@ -456,7 +519,8 @@ class JobRunner:
         self._clock = clock
         self._host_env = dict(host_env)
         self._on_reported = on_reported
-        self.directory = jobs_root / _job_dir_name(dispatch.job_id)
+        self._warm = warm
+        self.directory = warm.directory if warm is not None else jobs_root / _job_dir_name(dispatch.job_id)
         self.workspace = self.directory / "workspace"
         self.masker = job_masker(dispatch, settings)
         self.logs = JobLogs(
@@ -476,6 +540,9 @@ class JobRunner:
         self._client: RunnerClient | None = None
         self._deadline: float | None = None
         self._started = 0.0
+        self._received_at = 0.0
+        self._marks: dict[str, float] = {}
+        self._ran_warm = False
         self._names: dict[int, str] = {}
         self._types: dict[int, str | None] = {}
         self._open: set[int] = set()
@@ -505,6 +572,7 @@ class JobRunner:
     async def run(self) -> None:
         outcome: _Outcome | None = None
         self._started = trio.current_time()
+        self._received_at = self._clock.now().timestamp()
         try:
             try:
                 outcome = await self._supervised()
@@ -519,7 +587,9 @@ class JobRunner:
                 self._operational(f"job {self.job_id}: the terminal status could not be sent: {exc!r}")
             self.reported = True
             self._on_reported(self)
+            self._log_phases(outcome)
             with trio.CancelScope(shield=True):
+                await self._release_warm()
                 await self._cleanup()
                 self.finished.set()
 
@@ -540,6 +610,9 @@ class JobRunner:
             spec = self.spec = parse_job_spec(self.dispatch.job_config)
         except JobConfigError as exc:
             return _Outcome(JobState.FAILED, f"invalid job.dispatch: {exc}")
+        unavailable = unavailable_mode(self.settings.execution, spec)
+        if unavailable is not None:
+            return _Outcome(JobState.FAILED, unavailable)
         self._log(
             f"[kici] Job '{spec.job_name}' of workflow '{spec.workflow_name}' on {self.settings.agent_id}"
         )
@@ -551,7 +624,9 @@ class JobRunner:
             if self._stop is not None:
                 scope.cancel()
             try:
+                self._mark("clone_start")
                 await self._clone(spec)
+                self._mark("clone_done")
             except CloneError as exc:
                 return _Outcome(JobState.FAILED, f"clone failed: {exc}")
             facts = await trio.to_thread.run_sync(read_lock_facts, self.workspace, spec)
@@ -627,11 +702,6 @@ class JobRunner:
             self.settings.default_grace_s if grace is None else grace, self.settings.backend_max_grace_s
         )
 
-    def _sandbox_env(self) -> dict[str, str]:
-        """ISO-04: the allowlisted host variables only; under bwrap home and temp are the private /tmp."""
-        extra = {"HOME": "/tmp", "TMPDIR": "/tmp"} if self._sandbox.name == "bwrap" else {}
-        return sandbox_env(self._host_env, extra)
-
     async def _execute(self, request: ExecuteRequest) -> JobComplete:
         settings = self.settings
         inside = self._sandbox.workspace_inside(SandboxSpec(workspace=str(self.workspace), argv=("runner",)))
@@ -646,29 +716,49 @@ class JobRunner:
             on_step_complete=self._step_completed,
             on_output=self._runner_output,
         )
+        request = attrs.evolve(request, workspace=inside)
+        warm = self._warm
+        if warm is not None and warm.alive:
+            self._ran_warm = True
+            self._mark("runner_spawn")
+            self._mark("runner_ready")
+            warm.client.bind(callbacks, ladder)
+            try:
+                complete = await self._drive(warm.client, request)
+            finally:
+                warm.release()
+            if warm.error is not None:
+                raise warm.error
+            return complete
         try:
+            self._mark("runner_spawn")
             async with open_runner(
                 self._sandbox,
                 workspace=str(self.workspace),
-                env=self._sandbox_env(),
+                env=runner_env(self._sandbox, self._host_env),
                 callbacks=callbacks,
                 network=settings.network,
                 python=settings.python,
                 ready_timeout_s=settings.ready_timeout_s,
                 ladder=ladder,
             ) as client:
-                self._client = client
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._backstop)
-                        await self._apply_stop()
-                        complete = await client.execute(attrs.evolve(request, workspace=inside))
-                        nursery.cancel_scope.cancel()
-                finally:
-                    self._client = None
-                return complete
+                self._mark("runner_ready")
+                return await self._drive(client, request)
         except RunnerStartError as exc:
             return JobComplete(status="failed", error=f"the workflow runner did not start: {exc}")
+
+    async def _drive(self, client: RunnerClient, request: ExecuteRequest) -> JobComplete:
+        """Send ``execute`` and wait for the runner's result, with the backstop armed."""
+        self._client = client
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._backstop)
+                await self._apply_stop()
+                complete = await client.execute(request)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._client = None
+        return complete
 
     def _send_context(self, request: ExecuteRequest) -> None:
         """Phase 1's ``job.context``: where and how the job runs, env values masked (secrets never listed)."""
@@ -764,6 +854,40 @@ class JobRunner:
         masked = self.masker.mask_value(data)
         return masked if isinstance(masked, dict) else data
 
+    # --- phase timings ---------------------------------------------------------------------------
+
+    def _mark(self, name: str) -> None:
+        self._marks.setdefault(name, trio.current_time())
+
+    def phase_timings(self) -> dict[str, float]:
+        """Milliseconds per phase so far (see the module docstring); phases not reached are absent."""
+        marks = {"received": self._started, **self._marks}
+        spans = (
+            ("prepare_ms", "received", "clone_start"),
+            ("clone_ms", "clone_start", "clone_done"),
+            ("load_ms", "clone_done", "runner_spawn"),
+            ("runner_start_ms", "runner_spawn", "runner_ready"),
+            ("first_step_ms", "runner_ready", "first_step"),
+        )
+        timings = {
+            name: round((marks[end] - marks[begin]) * 1000, 2)
+            for name, begin, end in spans
+            if begin in marks and end in marks
+        }
+        timings["total_ms"] = round((trio.current_time() - self._started) * 1000, 2)
+        return timings
+
+    def _log_phases(self, outcome: _Outcome) -> None:
+        _log.info(
+            "job phases",
+            run_id=self.run_id,
+            job_id=self.job_id,
+            state=outcome.state.value,
+            received_at=round(self._received_at, 6),
+            warm_runner=self._ran_warm,
+            **self.phase_timings(),
+        )
+
     # --- report and cleanup -----------------------------------------------------------------------
 
     def _report(self, outcome: _Outcome) -> None:
@@ -791,6 +915,16 @@ class JobRunner:
             self._send_step(index, state, data=data, log_bytes=self.logs.finish(index))
         self._open.clear()
 
+    async def _release_warm(self) -> None:
+        """Hand a pre-started runner back (used or not) and wait until its process is reaped, so the
+        cleanup never races a runner still alive in the directory."""
+        warm = self._warm
+        if warm is None:
+            return
+        warm.release()
+        with trio.move_on_after(self.settings.term_wait_s + self.settings.abort_wait_s):
+            await warm.finished.wait()
+
     async def _cleanup(self) -> None:
         try:
             await trio.to_thread.run_sync(remove_tree, self.directory)
@@ -810,6 +944,7 @@ class JobRunner:
     # --- runner callbacks -------------------------------------------------------------------------
 
     async def _step_started(self, message: StepStart) -> None:
+        self._mark("first_step")
         index = message.step_index
         self._names[index] = message.step_name
         self._types[index] = message.step_type
@@ -913,6 +1048,7 @@ class JobRunner:
 
 
 __all__ = [
+    "DEFAULT_WARM_RUNNERS",
     "SHUTDOWN_REASON",
     "JobConfigError",
     "JobRunner",
@@ -924,5 +1060,6 @@ __all__ = [
     "parse_job_spec",
     "read_lock_facts",
     "remove_tree",
+    "runner_env",
     "timeout_message",
 ]

@@ -22,6 +22,10 @@ Choices where the spec is silent:
   our first ``ack``) and not started twice.
 * Directories left under ``<work_dir>/jobs`` by an agent that died are removed when ``run`` starts;
   the warm mirrors under ``<work_dir>/mirrors`` are kept.
+* With ``settings.warm_runners`` > 0 the manager keeps that many runners started ahead of their job
+  (:mod:`.warm`, in ``<work_dir>/jobs``); a dispatch takes one when one is ready. Draining stops the
+  pool (idle runners are killed; running jobs keep theirs); a reload that changes the runner's
+  settings discards the idle ones.
 """
 
 from __future__ import annotations
@@ -47,9 +51,10 @@ from kici.domain.protocol import (
     JobStatus,
     RejectReason,
 )
-from kici.services.agent.job_runner import JobRunner, JobSettings, remove_tree
+from kici.services.agent.job_runner import JobRunner, JobSettings, remove_tree, runner_env
 from kici.services.agent.mirror import MirrorStore
 from kici.services.agent.ports import Outbound
+from kici.services.agent.warm import WarmKey, WarmRunners
 
 JOBS_DIR: Final = "jobs"
 MIRRORS_DIR: Final = "mirrors"
@@ -80,6 +85,18 @@ class JobManager:
         self.mirrors = mirrors or MirrorStore(
             work_dir / MIRRORS_DIR, timeout_s=settings.git_timeout_s, base_env=self._host_env
         )
+        self._warm = (
+            WarmRunners(
+                sandbox,
+                self.jobs_root,
+                env=runner_env(sandbox, self._host_env),
+                key=warm_key(settings),
+                spare=settings.warm_runners,
+                remove=remove_tree,
+            )
+            if settings.warm_runners > 0
+            else None
+        )
         self._active: dict[str, JobRunner] = {}
         self._running: set[JobRunner] = set()
         self._nursery: trio.Nursery | None = None
@@ -103,6 +120,11 @@ class JobManager:
     def draining(self) -> bool:
         return self._draining
 
+    @property
+    def warm(self) -> WarmRunners | None:
+        """The pre-started runners (None when ``settings.warm_runners`` is 0)."""
+        return self._warm
+
     def offer(self, dispatch: JobDispatch) -> None:
         if dispatch.job_id in self._active:
             self._operational(f"job {dispatch.job_id} dispatched again while running: acknowledged again")
@@ -115,6 +137,7 @@ class JobManager:
             self._reject(dispatch, RejectReason.BUSY)
             self._send_agent_status()
             return
+        warm = self._warm.take() if self._warm is not None else None
         try:
             runner = JobRunner(
                 dispatch,
@@ -126,8 +149,11 @@ class JobManager:
                 clock=self._clock,
                 host_env=self._host_env,
                 on_reported=self._reported,
+                warm=warm,
             )
         except Exception as exc:
+            if warm is not None:
+                warm.release()
             self._ack(dispatch)
             self._fail_unstarted(dispatch, f"the agent could not start the job: {type(exc).__name__}: {exc}")
             return
@@ -163,6 +189,8 @@ class JobManager:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self._warm is not None:
+                    await nursery.start(self._warm.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -171,6 +199,8 @@ class JobManager:
     def drain(self) -> None:
         """Take no new job (SIGUSR1); running jobs finish."""
         self._draining = True
+        if self._warm is not None:
+            self._warm.stop()
 
     async def wait_idle(self) -> None:
         """Until no job runs and every cleanup is done."""
@@ -194,6 +224,8 @@ class JobManager:
     def reconfigure(self, settings: JobSettings) -> None:
         """A reloaded config (SIGHUP): new jobs and the capacity gate use it; running jobs keep theirs."""
         self.settings = settings
+        if self._warm is not None:
+            self._warm.reconfigure(warm_key(settings), settings.warm_runners)
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -263,4 +295,9 @@ class JobManager:
         self._outbound.stream_log(line)
 
 
-__all__ = ["DEFAULT_SHUTDOWN_GRACE_S", "JobManager", "JobSettings"]
+def warm_key(settings: JobSettings) -> WarmKey:
+    """The settings a pre-started runner depends on."""
+    return WarmKey(network=settings.network, python=settings.python, ready_timeout_s=settings.ready_timeout_s)
+
+
+__all__ = ["DEFAULT_SHUTDOWN_GRACE_S", "JobManager", "JobSettings", "warm_key"]

@@ -28,6 +28,14 @@ Choices where the spec is silent or where we deviate:
 * A commit already in a mirror is served without asking the forge, so mirrors are per tenant
   (``scope``, the dispatch's ``orgId``) and URL: two tenants never share one.
 * Jobs of one repository take the mirror's lock in turn; one agent per work directory.
+* Every git process costs a few milliseconds of a job's start (issue 7), so the checkout spends as
+  few as it can and runs the independent local ones alongside the others: the workspace's
+  ``git init`` (without hook templates) runs while the mirror fetches, the commit's keep-ref is
+  written while the workspace fills; fetches skip ``FETCH_HEAD`` and the automatic maintenance run
+  (``gc.auto`` is off anyway, but ``git fetch`` would still start a process to find that out); the
+  workspace's ``origin`` is written into its config directly, its HEAD is verified by reading
+  ``.git/HEAD``, and the commit refs are trimmed every :data:`TRIM_EVERY` checkouts of a mirror
+  (so at most ``KEPT_COMMITS + TRIM_EVERY`` are ever kept).
 * ``ssh`` credentials (``GitAuth{kind: ssh}``) go through ``GIT_SSH_COMMAND`` with the key in a
   0600 file in a private temporary directory outside the workspace, removed after the fetch.
 """
@@ -43,8 +51,8 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Final
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
@@ -56,6 +64,7 @@ from kici.domain.protocol import GitAuth, GitAuthKind, SshHostKeyPolicy
 
 DEFAULT_GIT_TIMEOUT_S: Final = 600.0
 KEPT_COMMITS: Final = 64
+TRIM_EVERY: Final = 16
 DEFAULT_TOKEN_USER: Final = "x-access-token"
 _SHA: Final = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})")
 _COMMIT_REFS: Final = "refs/kici/c/"
@@ -201,6 +210,15 @@ def _ssh_material(credentials: GitCredentials | None) -> Iterator[Path | None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def origin_config(url: str) -> str:
+    """The ``[remote "origin"]`` section ``git remote add origin <url>`` would write, quoted as git
+    reads config values (a URL may hold ``#`` or ``;``, which start a comment unquoted)."""
+    if "\n" in url or "\r" in url:
+        raise CloneError("the repository URL contains a line break")
+    quoted = url.replace("\\", "\\\\").replace('"', '\\"')
+    return f'[remote "origin"]\n\turl = "{quoted}"\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n'
+
+
 def mirror_key(url: str, scope: str = "") -> str:
     """The mirror directory name of a (credential-free) repository URL within a tenant ``scope``."""
     return hashlib.sha256(f"{scope}\n{url}".encode()).hexdigest()[:24]
@@ -229,6 +247,7 @@ class MirrorStore:
         self.timeout_s = timeout_s
         self.base_env = dict(os.environ if base_env is None else base_env)
         self._locks: dict[str, trio.Lock] = {}
+        self._checkouts: dict[str, int] = {}
 
     def mirror_path(self, url: str, scope: str = "") -> Path:
         return self.root / mirror_key(split_credentials(url)[0], scope)
@@ -245,7 +264,11 @@ class MirrorStore:
         log: Callable[[str], None] = lambda _line: None,
         mask: Callable[[str], str] = lambda text: text,
     ) -> Checkout:
-        """Fill ``dest`` (created; must not exist) with the repository at ``sha`` (or ``ref``'s tip)."""
+        """Fill ``dest`` with the repository at ``sha`` (or ``ref``'s tip).
+
+        ``dest`` is created, or an empty directory (a pre-started runner's workspace); a checkout
+        that fails before the workspace is filled leaves it as it found it.
+        """
         url, in_url = split_credentials(repo_url.strip())
         if not url:
             raise CloneError("the dispatch has no repository URL to clone")
@@ -261,17 +284,28 @@ class MirrorStore:
         runner = _Git(self.git, self.timeout_s, mask, git_env(self.base_env, "", None))
         lock = self._locks.setdefault(key, trio.Lock())
         async with lock:
-            with _ssh_material(credentials) as ssh_dir:
-                remote_env = git_env(self.base_env, url, credentials, ssh_dir)
-                created = await self._ensure_mirror(runner, mirror, url)
-                log(f"[kici] {'Created' if created else 'Reusing'} the mirror of {url}")
-                fetched = False
-                if not sha or not await runner.ok(mirror, "cat-file", "-e", f"{sha}^{{commit}}"):
-                    sha = await self._fetch(runner, mirror, env=remote_env, sha=sha, ref=ref, log=log)
-                    fetched = True
-            await self._trim(runner, mirror)
-            await runner.run(mirror, "update-ref", f"{_COMMIT_REFS}{sha}", sha)
-            await self._fill(runner, mirror, dest, sha, url)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made = dest / ".git" if await trio.Path(dest).exists() else dest
+            try:
+                async with runner.alongside(None, "init", "--quiet", "--template=", str(dest)):
+                    with _ssh_material(credentials) as ssh_dir:
+                        remote_env = git_env(self.base_env, url, credentials, ssh_dir)
+                        created = await self._ensure_mirror(runner, mirror, url)
+                        log(f"[kici] {'Created' if created else 'Reusing'} the mirror of {url}")
+                        fetched = False
+                        if not sha or not await runner.ok(mirror, "cat-file", "-e", f"{sha}^{{commit}}"):
+                            sha = await self._fetch(runner, mirror, env=remote_env, sha=sha, ref=ref, log=log)
+                            fetched = True
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(shutil.rmtree, made, True)
+                raise
+            count = self._checkouts.get(key, 0)
+            self._checkouts[key] = count + 1
+            if count % TRIM_EVERY == 0:
+                await self._trim(runner, mirror)
+            async with runner.alongside(mirror, "update-ref", f"{_COMMIT_REFS}{sha}", sha):
+                await self._fill(runner, mirror, dest, sha, url)
         log(f"[kici] Checked out {sha[:12]} into the job workspace")
         return Checkout(path=dest, sha=sha, mirror=mirror, created=created, fetched=fetched)
 
@@ -308,7 +342,7 @@ class MirrorStore:
         log: Callable[[str], None],
     ) -> str:
         """Bring ``sha`` (or the tip of ``ref``) into the mirror; returns the commit."""
-        fetch = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head")
+        fetch = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-gc")
         by_sha: str | None = None
         if sha:
             log(f"[kici] Fetching {sha[:12]}")
@@ -347,12 +381,23 @@ class MirrorStore:
             await runner.run(mirror, "update-ref", "--stdin", stdin=commands.encode())
 
     async def _fill(self, runner: _Git, mirror: Path, dest: Path, sha: str, url: str) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        await runner.run(None, "init", "--quiet", str(dest))
-        await runner.run(dest, "fetch", "--quiet", "--no-tags", "--depth=1", str(mirror), sha)
+        """``dest`` (already ``git init``-ed) gets the one commit from the mirror and checks it out."""
+        await runner.run(
+            dest,
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--no-auto-gc",
+            "--depth=1",
+            str(mirror),
+            sha,
+        )
         await runner.run(dest, "checkout", "--quiet", "--detach", sha)
-        await runner.run(dest, "remote", "add", "origin", url)
-        head = (await runner.run(dest, "rev-parse", "HEAD")).strip()
+        git_dir = trio.Path(dest / ".git")
+        async with await (git_dir / "config").open("a", encoding="utf-8") as config:
+            await config.write(origin_config(url))
+        head = (await (git_dir / "HEAD").read_text(encoding="utf-8")).strip()
         if head != sha:
             raise CloneError(f"checked out {head} but the dispatch asked for {sha}")
 
@@ -407,10 +452,44 @@ class _Git:
     async def ok(self, cwd: Path | None, *args: str) -> bool:
         return (await self._call(cwd, args, None, None)).returncode == 0
 
+    @asynccontextmanager
+    async def alongside(self, cwd: Path | None, *args: str) -> AsyncIterator[None]:
+        """Run one local git step while the body runs (work independent of it); the step is waited
+        for when the body ends, and its failure is raised then, unless the body failed first."""
+        argv = [self.git, *(("-C", str(cwd)) if cwd is not None else ()), *args]
+        try:
+            process = await trio.lowlevel.open_process(
+                argv,
+                env=dict(self.local_env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise CloneError(f"git could not be started: {exc}") from None
+        errors = b""
+        try:
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self.timeout_s):
+                    if process.stderr is not None:
+                        errors = b"".join([chunk async for chunk in process.stderr])
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+                if process.stderr is not None:
+                    await process.stderr.aclose()
+        if process.returncode != 0:
+            text = errors.decode("utf-8", "replace").strip() or f"exit status {process.returncode}"
+            raise CloneError(f"git {args[0]} failed: {self.mask(text[-_STDERR_LIMIT:])}")
+
 
 __all__ = [
     "DEFAULT_GIT_TIMEOUT_S",
     "KEPT_COMMITS",
+    "TRIM_EVERY",
     "Checkout",
     "CloneError",
     "GitCredentials",
@@ -418,6 +497,7 @@ __all__ = [
     "credentials_for",
     "git_env",
     "mirror_key",
+    "origin_config",
     "split_credentials",
     "ssh_command",
 ]

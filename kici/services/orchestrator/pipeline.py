@@ -23,13 +23,20 @@ the ``event_log`` status of 30 §4:
   store yet, so global workflows are not permitted (spec 30 §7: no settings row denies) unless
   ``globals_permitted`` says otherwise. A failing store is logged and the delivery still matches and
   runs: a registration outage must not stop the push's own CI. The in-memory index, the cron cache
-  and the ``registration.updated`` event are not built yet; peers read the version.
+  and the ``registration.updated`` event are not built yet; peers read the version. Phase G runs
+  after phase I (the push's own runs are created and the dispatcher woken first): its outcome
+  never changes what this delivery matches, so its transaction is kept off the path from webhook
+  to first step (issue 7).
 * **H** changed files, fetched only when a ``push``/``pr`` trigger of the event's kind has
   ``paths`` (HOOK-13); a failing fetch counts as "no files" (paths triggers then do not match) and
   is logged. Then every workflow is matched (``match_lock``).
 * **I** one run per matched workflow, each created in one transaction with its jobs ``pending``
   and roots ready (:mod:`.runs`), then one ``dispatcher.wake()``.
 * **K** the ``event_log`` row: ``processed`` with ``matched_count`` and the first ``run_id``.
+
+The ``webhook handled`` log line carries ``duration_ms`` (the phases from the dedup insert up to
+that line) and ``lock_fetch_ms`` (phase E alone, when it ran): the pipeline's share of the
+webhook-to-step latency, which ``scripts/bench/latency.py`` reads back from the JSON log.
 
 Phases B (cross-source dispatch), F (security hold) and J (global workflows)
 belong to features this orchestrator does not have yet. The delivery-log row is written once, when
@@ -137,6 +144,7 @@ class PipelineResult:
     reason: str = ""
     repo_identifier: str | None = None
     ref: str | None = None
+    lock_fetch_ms: float | None = None
 
 
 def _received(reason: str, repo: str | None = None) -> PipelineResult:
@@ -268,21 +276,24 @@ async def _process(info: WebhookInfo, deps: PipelineDeps, org: str) -> PipelineR
     ref = lock_ref(event, head_ref)
     fetcher = bundle.lock_file_fetcher
     lock: LockFile | None = None
+    lock_fetch_ms: float | None = None
     if fetcher is not None:
+        fetch_started = time.perf_counter()
         try:
             lock = await deps.lock_cache.fetch(
                 fetcher, repo, ref, normalizer.extract_credentials(info.payload)
             )
         except LockFileParseError as exc:
             return await _corrupt(deps, ctx, exc)
+        lock_fetch_ms = round((time.perf_counter() - fetch_started) * 1000, 2)
     if lock is None:
         return PipelineResult(
             status=EventLogStatus.LOCKFILE_MISSING,
             reason=f"no lock file in {repo} at {ref}",
             repo_identifier=repo,
             ref=ctx.ref,
+            lock_fetch_ms=lock_fetch_ms,
         )
-    await _register(info, deps, bundle, lock, event, org=org, repo=repo, head_ref=head_ref)
     changed = await _changed_files(bundle, lock, event, repo, info)
     event = attrs.evolve(event, changed_files=changed, source_repo=repo)
     started = time.perf_counter()
@@ -304,6 +315,7 @@ async def _process(info: WebhookInfo, deps: PipelineDeps, org: str) -> PipelineR
         deps.wake()
         if deps.metrics is not None:
             deps.metrics.executions.inc(len(run_ids))
+    await _register(info, deps, bundle, lock, event, org=org, repo=repo, head_ref=head_ref)
     return PipelineResult(
         status=EventLogStatus.PROCESSED,
         run_ids=tuple(run_ids),
@@ -311,6 +323,7 @@ async def _process(info: WebhookInfo, deps: PipelineDeps, org: str) -> PipelineR
         reason=f"{len(run_ids)} of {len(match.decisions)} workflows matched",
         repo_identifier=repo,
         ref=ctx.ref,
+        lock_fetch_ms=lock_fetch_ms,
     )
 
 
@@ -341,6 +354,7 @@ async def process_webhook(info: WebhookInfo, deps: PipelineDeps) -> PipelineResu
     the caller answers 500 and the sender retries.
     """
     org = org_of(info.routing_key)
+    started = time.perf_counter()
     with request_scope(info.request_id, delivery_id=info.delivery_id, routing_key=info.routing_key):
         try:
             first = await deps.webhooks.mark_delivery(
@@ -359,7 +373,14 @@ async def process_webhook(info: WebhookInfo, deps: PipelineDeps) -> PipelineResu
             except Exception as exc:
                 _log.exception("webhook processing failed")
                 result = PipelineResult(status=EventLogStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
-        _log.info("webhook handled", status=result.status.value, matched=result.matched, reason=result.reason)
+        _log.info(
+            "webhook handled",
+            status=result.status.value,
+            matched=result.matched,
+            reason=result.reason,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            lock_fetch_ms=result.lock_fetch_ms,
+        )
         if deps.metrics is not None:
             deps.metrics.webhooks_processed.labels(result=result.status.value).inc()
             deps.metrics.sync_lock_cache(deps.lock_cache.hits, deps.lock_cache.misses)

@@ -111,6 +111,7 @@ def commit_files(
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    disable_nagle_algorithm = True  # else each small response waits ~40 ms for the client's delayed ACK
 
     def log_message(self, format: str, *args: object) -> None:
         """Silent: a test server must not write to stderr."""

@@ -45,10 +45,9 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import attrs
 import click
@@ -82,6 +81,7 @@ from kici.services.config_reload import (
     reload_on_sighup,
     threaded,
 )
+from kici.services.lifecycle import Lifecycle, Part
 from kici.services.orchestrator.api import AdminAuth, ApiState, PgRunQueries, token_digest
 from kici.services.orchestrator.app import AppParts, Intake, build_app
 from kici.services.orchestrator.execution import ExecutionSettings, Stores, build_execution
@@ -188,32 +188,6 @@ class Live:
     instance_id: str | None = None
 
 
-class _Part:
-    """One long-running part with its own cancel scope, so shutdown can stop parts in order."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.scope = trio.CancelScope()
-        self.done = trio.Event()
-
-    async def run(
-        self,
-        fn: Callable[..., Awaitable[Any]],
-        *,
-        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            with self.scope:
-                await fn(task_status=task_status)
-        finally:
-            self.done.set()
-
-    async def stop(self) -> None:
-        self.scope.cancel()
-        await self.done.wait()
-        _log.info("stopped", part=self.name)
-
-
 # --- the service --------------------------------------------------------------------------------
 
 
@@ -241,22 +215,6 @@ def _on_reload(
         metrics.config_version.set(holder.version)
 
     return applied
-
-
-@attrs.define
-class Lifecycle:
-    """Signals before the service is up cancel the start outright; after, they begin the ordered stop."""
-
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    up: bool = False
-    stop: trio.Event = attrs.field(factory=trio.Event)
-
-    def terminate(self, signum: int) -> None:
-        _log.info("termination signal received; shutting down", signal=signum)
-        if self.up:
-            self.stop.set()
-        else:
-            self.scope.cancel()
 
 
 async def run_orchestrator(
@@ -398,8 +356,8 @@ async def _serve(
                 intake=intake,
             )
         )
-        execution_part, http_part, reload_part = _Part("execution"), _Part("http"), _Part("reload")
-        platform_part = _Part("platform")
+        execution_part, http_part, reload_part = Part("execution"), Part("http"), Part("reload")
+        platform_part = Part("platform")
         link = live.link
 
         async def reloads(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

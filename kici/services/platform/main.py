@@ -66,6 +66,7 @@ from kici.adapters.ws.server import accept_websocket, create_app, serve
 from kici.domain.config.problems import ConfigError
 from kici.domain.liveness import LivenessThresholds
 from kici.domain.store import StoreError
+from kici.services.lifecycle import Lifecycle, Part
 from kici.services.orchestrator.logging import MASKER, configure_logging
 from kici.services.platform.accounts import Accounts
 from kici.services.platform.config import PlatformConfig, data_dir_of, load_platform_config
@@ -195,48 +196,6 @@ def ingress_settings(config: PlatformConfig) -> IngressSettings:
 # --- the service ----------------------------------------------------------------------------------
 
 
-class _Part:
-    """One long-running part with its own cancel scope, so shutdown can stop parts in order."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.scope = trio.CancelScope()
-        self.done = trio.Event()
-
-    async def run(
-        self,
-        fn: Callable[..., Awaitable[Any]],
-        *,
-        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            with self.scope:
-                await fn(task_status=task_status)
-        finally:
-            self.done.set()
-
-    async def stop(self) -> None:
-        self.scope.cancel()
-        await self.done.wait()
-        _log.info("stopped", part=self.name)
-
-
-@attrs.define
-class Lifecycle:
-    """Signals before the service is up cancel the start outright; after, they begin the ordered stop."""
-
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    up: bool = False
-    stop: trio.Event = attrs.field(factory=trio.Event)
-
-    def terminate(self, signum: int) -> None:
-        _log.info("termination signal received; shutting down", signal=signum)
-        if self.up:
-            self.stop.set()
-        else:
-            self.scope.cancel()
-
-
 async def run_platform(
     config: PlatformConfig,
     data_dir: Path,
@@ -320,7 +279,7 @@ async def _serve(
                 await inner.start(hub.run_revocation_sweeps, sweep_s)
                 task_status.started()
 
-        background_part, http_part = _Part("revocations"), _Part("http")
+        background_part, http_part = Part("revocations"), Part("http")
         async with trio.open_nursery() as nursery:
             await nursery.start(background_part.run, background)
             bound = await nursery.start(

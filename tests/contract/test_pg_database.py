@@ -60,6 +60,23 @@ async def test_the_pool_recovers_after_a_server_restart(pg_server: PgTestServer,
 
 
 @pytest.mark.feature("CFG-02")
+async def test_every_dead_pooled_connection_is_replaced_after_a_restart(
+    pg_server: PgTestServer, pg_database: PgTestDatabase
+) -> None:
+    # more dead connections than retries: the first lost one sweeps the pool, nothing fails
+    async with Database.open(pg_database.conninfo, min_size=6, max_size=6) as db:
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(db.run, lambda conn: conn.execute("SELECT pg_sleep(0.05)"))
+        await trio.to_thread.run_sync(pg_server.restart)
+        for _ in range(8):
+            assert await db.run(select_one) == 1
+        await trio.to_thread.run_sync(pg_server.restart)
+        assert await db.run_autocommit(select_one) == 1
+        assert await db.run_autocommit(select_one) == 1
+
+
+@pytest.mark.feature("CFG-02")
 async def test_a_stopped_server_is_unavailable_until_it_is_back(
     pg_server: PgTestServer, pg_database: PgTestDatabase
 ) -> None:

@@ -934,12 +934,15 @@ class JobRunner:
             self._operational(f"job {self.job_id}: {self.directory} was not removed completely")
 
     async def _heartbeats(self) -> None:
+        # The first beat waits one interval: ``job.status running``, sent just before, already sets
+        # the job's first ``last_heartbeat_at`` (10 §START), so a beat at start was one more message
+        # and transaction per job for nothing (issue 7).
         interval = self.settings.job_heartbeat_interval_ms / 1000
         while True:
+            await trio.sleep(interval)
             self._outbound.send(
                 JobHeartbeat(run_id=self.run_id, job_id=self.job_id, timestamp=self._now_ms())
             )
-            await trio.sleep(interval)
 
     # --- runner callbacks -------------------------------------------------------------------------
 

@@ -307,7 +307,7 @@ class Dispatcher:
         job, run, edges = await self._reads(entry)
         if job is None or run is None or job.terminal:
             raise _Gone
-        await self.tracker.watch_run(run.run_id)
+        await self.tracker.watch_run(run.run_id, run)
         upstream = [e.upstream_name for e in edges if e.job_name == job.name]
         outputs: dict[str, dict[str, Any]] | None = None
         statuses: dict[str, JobState] | None = None

@@ -94,6 +94,7 @@ from kici.domain.store import (
     NewLogChunk,
     QueueEntry,
     QueueStatus,
+    RunRecord,
     StepRecord,
 )
 from kici.services.orchestrator.agent_hub import AgentRegistry, ConnectedAgent
@@ -280,13 +281,17 @@ class Tracker:
         self._live.pop(job_id, None)
         self._scheduler.cancel(("job-timeout", job_id))
 
-    async def watch_run(self, run_id: uuid.UUID) -> None:
-        """Arm the workflow deadline of ``run_id`` once, if it has one (EXE-26)."""
+    async def watch_run(self, run_id: uuid.UUID, run: RunRecord | None = None) -> None:
+        """Arm the workflow deadline of ``run_id`` once, if it has one (EXE-26).
+
+        A caller that just read the run passes it: the dispatcher does for every job, and a second
+        read of the same row was one more transaction per dispatch (issue 7)."""
         self._observer.run_changed(run_id)
         if run_id in self._watched:
             return
         self._watched.add(run_id)
-        run = await self._execution.get_run(run_id)
+        if run is None:
+            run = await self._execution.get_run(run_id)
         if run is None or is_run_terminal(run.status) or not run.workflow_timeout_ms:
             return
         started = run.started_at or run.created_at

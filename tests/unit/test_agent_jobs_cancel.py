@@ -136,7 +136,9 @@ async def test_force_cancel_kills_the_process_group_without_hooks(project: Proje
     assert status.data is not None
     assert status.data["error"] == "stop now"
     assert hook_steps(outbound, dispatch.job_id) == []
-    assert steps_of(outbound, dispatch.job_id) == {"wait": "cancelled"}
+    # The abort reaches the runner just before the kill: it may still report the step that never ran.
+    states = steps_of(outbound, dispatch.job_id)
+    assert states in ({"wait": "cancelled"}, {"wait": "cancelled", "after": "cancelled"})
     assert not sleeping("61.25", tmp_path)
     assert list((tmp_path / "jobs").iterdir()) == []
 

@@ -345,7 +345,9 @@ async def test_a_relayed_signed_push_is_acked_before_processing_and_creates_a_ru
         world.fetcher.open.set()
         (run_id,) = await world.wait_runs(1)
         status = await world.platform.expect(ExecutionStatus, for_run(run_id))
-        assert (status.workflow_name, status.status) == ("ci", RunState.PENDING)
+        # The forwarder sends the run's state when it reads it, which may already be past pending.
+        assert status.workflow_name == "ci"
+        assert status.status in (RunState.PENDING, RunState.RUNNING)
         started = await world.platform.expect(ExecutionEvent, for_run(run_id))
         assert started.event is ExecutionEventKind.STARTED
         with trio.fail_after(WAIT_S):

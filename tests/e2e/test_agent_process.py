@@ -115,7 +115,7 @@ async def wait_registered(engine: Engine, *, concurrency: int = 1) -> None:
     with trio.fail_after(GUARD):
         while True:
             agent = engine.services.hub.registry.get(AGENT_ID)
-            if agent is not None and agent.max_concurrency == concurrency:
+            if agent is not None and agent.routable and agent.max_concurrency == concurrency:
                 return
             await trio.sleep(0.05)
 

@@ -31,8 +31,14 @@ IDENTITY = AgentIdentity(agent_id="a1", labels=register_labels(["linux"], FACTS)
 
 async def wait_agent(engine: Engine, agent_id: str) -> None:
     with trio.fail_after(WAIT_S):
-        while engine.services.hub.registry.get(agent_id) is None:  # noqa: ASYNC110 - no event to wait on
+        # Routable means registered: the hub stores the agent and queues register.ack first.
+        while not _routable(engine, agent_id):  # noqa: ASYNC110 - no event to wait on
             await trio.sleep(0.01)
+
+
+def _routable(engine: Engine, agent_id: str) -> bool:
+    agent = engine.services.hub.registry.get(agent_id)
+    return agent is not None and agent.routable
 
 
 @pytest.mark.feature("PRO-08", "PRO-09", "PRO-10", "EXE-36", "OPS-04")

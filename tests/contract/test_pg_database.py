@@ -52,6 +52,25 @@ async def test_a_connection_lost_mid_transaction_is_retried_on_a_fresh_one(pg_db
 
 
 @pytest.mark.feature("CFG-02")
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001"])
+async def test_a_deadlock_or_serialization_failure_is_retried(pg_db: Database, sqlstate: str) -> None:
+    """The server rolled the work back, so running it again is safe (two replace_all calls deadlocked)."""
+    await pg_db.run(lambda conn: conn.execute("CREATE TABLE t (x int)"))
+    attempts: list[int] = []
+
+    def contended(conn: Connection) -> str:
+        attempts.append(len(attempts) + 1)
+        conn.execute("INSERT INTO t VALUES (%s)", (len(attempts),))
+        if len(attempts) == 1:
+            conn.execute(f"DO $$ BEGIN RAISE EXCEPTION 'contended' USING ERRCODE = '{sqlstate}'; END $$")
+        return "done"
+
+    assert await pg_db.run(contended) == "done"
+    assert attempts == [1, 2]
+    assert await pg_db.run(lambda conn: conn.execute("SELECT x FROM t").fetchall()) == [{"x": 2}]
+
+
+@pytest.mark.feature("CFG-02")
 async def test_the_pool_recovers_after_a_server_restart(pg_server: PgTestServer, pg_db: Database) -> None:
     assert await pg_db.run(select_one) == 1
     await trio.to_thread.run_sync(pg_server.restart)

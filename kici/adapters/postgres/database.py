@@ -147,7 +147,12 @@ class Database:
                 return result
         except PoolTimeout as exc:
             raise StoreUnavailableError(f"no PostgreSQL connection available: {exc}") from exc
-        except pg_errors.TransactionRollback as exc:
+        except (
+            pg_errors.TransactionRollback,
+            pg_errors.DeadlockDetected,
+            pg_errors.SerializationFailure,
+        ) as exc:
+            # psycopg files 40P01 and 40001 under OperationalError, not under TransactionRollback (40000).
             raise _Retry from exc
         except psycopg.OperationalError as exc:
             if not _connection_lost(exc, conn):

@@ -59,7 +59,7 @@ from kici.domain.protocol import (
     encode,
 )
 from kici.domain.relay import RelayComplete, RelayOutcome, RelayReassembler, RelayRejected
-from kici.services.platform.tenancy import (
+from kici.domain.tenancy import (
     ApiKey,
     ApiKeyNotFoundError,
     DeliveryRecord,

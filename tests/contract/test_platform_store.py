@@ -23,8 +23,7 @@ from kici.adapters.postgres.platform_store import (
     PgPlatformStore,
     load_platform_migrations,
 )
-from kici.services.platform.ports import PlatformStore
-from kici.services.platform.tenancy import (
+from kici.domain.tenancy import (
     ApiKeyNotFoundError,
     BadRoutingKeyError,
     DeliveryStatus,
@@ -38,6 +37,7 @@ from kici.services.platform.tenancy import (
     api_key_prefix,
     new_api_key,
 )
+from kici.services.platform.ports import PlatformStore
 from kici.testing.fake_orchestrator import MemoryPlatformStore
 from kici.testing.postgres import PgTestDatabase
 

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 from psycopg.conninfo import conninfo_to_dict
 
+from kici.domain.tenancy import is_api_key
 from kici.services.platform.main import main
-from kici.services.platform.tenancy import is_api_key
 from kici.testing.postgres import PgTestDatabase
 
 pytestmark = pytest.mark.pg

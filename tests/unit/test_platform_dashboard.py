@@ -42,6 +42,7 @@ from kici.domain.protocol import (
     StepState,
     StepStatusForward,
 )
+from kici.domain.tenancy import api_key_hash, api_key_prefix, new_api_key
 from kici.services.platform.accounts import Accounts
 from kici.services.platform.dashboard import DashboardDeps, register_dashboard
 from kici.services.platform.hub import (
@@ -51,7 +52,6 @@ from kici.services.platform.hub import (
     UnsupportedRequestError,
 )
 from kici.services.platform.telemetry import Broadcaster, PlatformTelemetry
-from kici.services.platform.tenancy import api_key_hash, api_key_prefix, new_api_key
 from kici.testing.fake_orchestrator import MemoryPlatformStore, open_fake_orchestrator, serve_app
 from kici.testing.postgres import PgTestDatabase
 

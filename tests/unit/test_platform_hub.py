@@ -55,6 +55,13 @@ from kici.domain.protocol import (
     StepStatusForward,
     encode,
 )
+from kici.domain.tenancy import (
+    NOT_OWNED_REASON,
+    Org,
+    api_key_hash,
+    api_key_prefix,
+    new_api_key,
+)
 from kici.services.platform.hub import (
     HubSettings,
     NoOrchestratorError,
@@ -64,13 +71,6 @@ from kici.services.platform.hub import (
 )
 from kici.services.platform.ingress import IngressSettings, IngressState
 from kici.services.platform.main import AppParts, Intake, build_app
-from kici.services.platform.tenancy import (
-    NOT_OWNED_REASON,
-    Org,
-    api_key_hash,
-    api_key_prefix,
-    new_api_key,
-)
 from kici.testing.fake_orchestrator import (
     FakeOrchestrator,
     MemoryPlatformStore,

@@ -13,9 +13,9 @@ import trio
 
 from kici.domain.protocol import WebhookRelayStart, WebhookResult
 from kici.domain.relay import RELAY_CHUNK_BYTES
+from kici.domain.tenancy import DeliveryStatus
 from kici.domain.webhooks.verification import sign_body
 from kici.services.platform.ingress import IngressSettings
-from kici.services.platform.tenancy import DeliveryStatus
 from kici.testing.fake_orchestrator import ReceivedRelay, never_answer, source
 from tests.unit.test_platform_hub import running_platform
 

@@ -11,16 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kici.domain.protocol import WebhookAck, WebhookResult
-from kici.services.platform.hub import RelayOutcome, RelayResult
-from kici.services.platform.ingress import (
-    NOT_RELAYED,
-    REDACTED,
-    SIGNATURE_HEADERS,
-    answer_for,
-    lift_headers,
-    redact_headers,
-)
-from kici.services.platform.tenancy import (
+from kici.domain.tenancy import (
     API_KEY_PREFIX,
     NOT_OWNED_REASON,
     BadRoutingKeyError,
@@ -33,6 +24,15 @@ from kici.services.platform.tenancy import (
     is_api_key,
     judge_sources,
     new_api_key,
+)
+from kici.services.platform.hub import RelayOutcome, RelayResult
+from kici.services.platform.ingress import (
+    NOT_RELAYED,
+    REDACTED,
+    SIGNATURE_HEADERS,
+    answer_for,
+    lift_headers,
+    redact_headers,
 )
 
 ORGS = ("org-a", "org-b")

@@ -32,7 +32,7 @@ from kici.adapters.postgres.migrate import Migration, load_migrations, migrate
 from kici.adapters.postgres.rows import text_safe
 from kici.adapters.postgres.runtime import Postgres
 from kici.domain.store import StoreUnavailableError
-from kici.services.platform.tenancy import (
+from kici.domain.tenancy import (
     ApiKey,
     ApiKeyNotFoundError,
     DeliveryRecord,

@@ -79,6 +79,7 @@ from kici.domain.protocol import (
 )
 from kici.domain.ratelimit import RateLimitConfig, WsRateLimiter
 from kici.domain.relay import RelaySplit, split_body
+from kici.domain.tenancy import KeyIdentity, api_key_hash, judge_sources
 from kici.services.connection import (
     CloseWith,
     DecodeErrorTable,
@@ -95,7 +96,6 @@ from kici.services.correlator import (
     RequestTimeout,
 )
 from kici.services.platform.ports import TELEMETRY_TYPES, PlatformStore, TelemetrySink
-from kici.services.platform.tenancy import KeyIdentity, api_key_hash, judge_sources
 
 _log = structlog.get_logger(__name__)
 

@@ -61,13 +61,13 @@ from quart import Quart, Response, request
 
 from kici.adapters.clock import Clock
 from kici.domain.protocol import WebhookAck, WebhookResult
+from kici.domain.tenancy import DeliveryStatus, NewDelivery
 from kici.domain.webhooks.normalizers.generic import DELIVERY_HEADERS as GENERIC_DELIVERY_HEADERS
 from kici.domain.webhooks.normalizers.generic import EVENT_TYPE_HEADER
 from kici.domain.webhooks.normalizers.universal_git import DELIVERY_HEADERS as FORGE_DELIVERY_HEADERS
 from kici.domain.webhooks.verification import DEFAULT_HMAC_HEADER, GITHUB_SIGNATURE_HEADER, resolve_client_ip
 from kici.services.platform.hub import OrchestratorHub, RelayOutcome, RelayRequest, RelayResult
 from kici.services.platform.ports import PlatformStore
-from kici.services.platform.tenancy import DeliveryStatus, NewDelivery
 
 _log = structlog.get_logger(__name__)
 

@@ -66,6 +66,15 @@ from kici.adapters.ws.server import accept_websocket, create_app, serve
 from kici.domain.config.problems import ConfigError
 from kici.domain.liveness import LivenessThresholds
 from kici.domain.store import StoreError
+from kici.domain.tenancy import (
+    Org,
+    OrgNotFoundError,
+    TenancyError,
+    api_key_hash,
+    api_key_prefix,
+    delivery_summary,
+    new_api_key,
+)
 from kici.services.lifecycle import Lifecycle, Part
 from kici.services.orchestrator.logging import MASKER, configure_logging
 from kici.services.platform.accounts import Accounts
@@ -81,15 +90,6 @@ from kici.services.platform.ingress import (
 )
 from kici.services.platform.ports import PlatformStore, TelemetrySink
 from kici.services.platform.telemetry import Broadcaster, PlatformTelemetry
-from kici.services.platform.tenancy import (
-    Org,
-    OrgNotFoundError,
-    TenancyError,
-    api_key_hash,
-    api_key_prefix,
-    delivery_summary,
-    new_api_key,
-)
 
 _log = structlog.get_logger("kici.platform")
 

@@ -27,7 +27,7 @@ from kici.domain.protocol import (
     StateReplay,
     StepStatusForward,
 )
-from kici.services.platform.tenancy import (
+from kici.domain.tenancy import (
     ApiKey,
     DeliveryRecord,
     KeyIdentity,

@@ -164,6 +164,10 @@ class PinnedOutbox(Generic[T]):
         """Jobs with a held status: the agent lists them in ``inFlightJobs`` when it re-registers."""
         return {key.job_id for key in self._entries}
 
+    def held(self) -> list[Sequenced[T]]:
+        """Every held status ordered by sequence, left in place."""
+        return sorted(self._entries.values(), key=_seq)
+
     def flush(self) -> list[Sequenced[T]]:
         """Every held status ordered by sequence; the outbox is left empty."""
         entries = sorted(self._entries.values(), key=_seq)

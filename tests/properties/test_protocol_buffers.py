@@ -98,6 +98,7 @@ def test_pinned_outbox_keeps_every_accepted_key_at_its_latest_state(
         assert len(outbox) == len(model) <= max_keys
         assert all(k in outbox for k in model)
     assert outbox.job_ids() == {k.job_id for k in model}
+    assert [(e.seq, e.item) for e in outbox.held()] == sorted(model.values())
     flushed = outbox.flush()
     assert [(e.seq, e.item) for e in flushed] == sorted(model.values())
     assert len(outbox) == 0

@@ -325,7 +325,6 @@ class AgentLink:
         self._direct: deque[Message] = deque()
         self._early: list[JobDispatch | JobCancel] = []
         self._in_transit: dict[PinKey, Sequenced[StatusMessage]] = {}
-        self._run_of: dict[str, str] = {}
         self._seq = 0
         self._handed_seq = 0
         self._track_transit = False
@@ -422,7 +421,6 @@ class AgentLink:
 
     def send_pinned(self, message: JobStatus | StepStatus) -> None:
         seq = self._next_seq()
-        self._run_of[message.job_id] = message.run_id
         if not self._pinned.put(pin_key(message), message, seq):
             _log.warning("pinned outbox full; status kept in the event ring", job_id=message.job_id)
             self._events.add(Sequenced(seq, message))
@@ -501,10 +499,10 @@ class AgentLink:
         if jobs is not None:
             for job in jobs.in_flight():
                 in_flight.setdefault(job.job_id, job)
-        for job_id in sorted(self._pinned.job_ids()):
-            run_id = self._run_of.get(job_id)
-            if run_id is not None:
-                in_flight.setdefault(job_id, InFlightJob(job_id=job_id, run_id=run_id))
+        # A held status names its own job and run: one unsent when the link dropped is listed too.
+        for held in sorted(self._pinned.held(), key=lambda entry: entry.item.job_id):
+            status = held.item
+            in_flight.setdefault(status.job_id, InFlightJob(job_id=status.job_id, run_id=status.run_id))
         concurrency = jobs.max_concurrency if jobs is not None else 1
         return self.identity.register_message(_message_id(), concurrency, in_flight.values())
 
@@ -726,11 +724,6 @@ class AgentLink:
                 self._in_transit[key] = Sequenced(item.seq, message)
         if isinstance(message, AgentStatus):
             self._reported_active = message.active_jobs
-        self._forget_runs()
-
-    def _forget_runs(self) -> None:
-        if not len(self._pinned) and not self._in_transit:
-            self._run_of.clear()
 
     async def _pump(self, session: Session) -> None:
         while True:
@@ -771,7 +764,6 @@ class AgentLink:
         """A pong proved the orchestrator received everything written up to sequence ``mark``."""
         for key in [key for key, entry in self._in_transit.items() if entry.seq <= mark]:
             del self._in_transit[key]
-        self._forget_runs()
 
     async def _probe(self, session: Session, ping: SupportsPing) -> None:
         interval = self.settings.probe_interval_s
